@@ -1,0 +1,309 @@
+"""The recipe schema (TRL's dataclasses plus ours) and its strict parser."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import trl
+
+from sft_recipes.errors import Problem, RecipeError
+
+SECRET_PATTERN = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+@dataclass
+class ModelConfig(trl.ModelConfig):
+    # TRL defaults to float32, which silently doubles memory and runs QLoRA compute in fp32.
+    dtype: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype: auto (the checkpoint's own dtype), bfloat16, float16 or float32.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    model_kind: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (from config.json), causal_lm or image_text_to_text.",
+            "choices": ["auto", "causal_lm", "image_text_to_text"],
+        },
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache directory for model files."})
+    attn_strict: bool = field(
+        default=False,
+        metadata={"help": "Fail instead of falling back to sdpa when the requested flash-attn is not installed."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer/processor to load instead of the model's own."}
+    )
+    use_slow_tokenizer: bool = field(default=False, metadata={"help": "Load the slow (Python) tokenizer."})
+    pad_token_policy: str = field(
+        default="auto",
+        metadata={
+            "help": "When the tokenizer has no pad token: auto (unk, else eos), unk, eos, or add a new <|pad|>. "
+            "Padding positions are masked by position, so a pad equal to eos never masks the real EOS.",
+            "choices": ["auto", "unk", "eos", "add"],
+        },
+    )
+    model_max_length: int | None = field(
+        default=None, metadata={"help": "Tokenizer model_max_length (defaults to max_length)."}
+    )
+    rope_scaling_policy: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length "
+            "exceeds the context; off: never scale (a longer max_length is then an error).",
+            "choices": ["auto", "off"],
+        },
+    )
+    low_cpu_mem_usage: bool = field(
+        default=True,
+        metadata={
+            "help": "Load weights lazily. Always true in transformers 5; kept so Open-Instruct style recipes parse."
+        },
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={"help": "Allow loading pickle (.bin) weights, which can execute code. Safetensors only otherwise."},
+    )
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Format of the rows: auto-detected from the columns, or forced.",
+            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca"],
+        },
+    )
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "After LoRA training, also save the adapter merged into a 16-bit base."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train again into an output_dir that already holds a finished run."}
+    )
+
+
+SFTConfig = trl.SFTConfig
+DatasetMixtureConfig = trl.DatasetMixtureConfig
+DATACLASSES = (ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)
+
+
+@dataclass
+class Recipe:
+    script: ScriptArguments
+    training: Any  # trl.SFTConfig
+    model: ModelConfig
+    mixture: Any  # trl.DatasetMixtureConfig
+    path: str | None = None
+    explicit: set[str] = field(default_factory=set)
+    raw: dict[str, Any] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+class _Parser(trl.TrlParser):
+    """TrlParser whose argparse errors become RecipeError instead of SystemExit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        match = re.search(r"argument --(\w+)", message)
+        raise RecipeError(Problem(match.group(1) if match else "command line", message))
+
+
+def field_types() -> dict[str, Any]:
+    """Every recipe key mapped to its type hint."""
+    hints: dict[str, Any] = {}
+    for cls in DATACLASSES:
+        resolved = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.init and f.name not in hints:
+                hints[f.name] = resolved.get(f.name, f.type)
+    return hints
+
+
+def _scalar_kind(hint: Any) -> type | None:
+    """The scalar type a hint boils down to (int/float/bool/str), or None for containers and unions of several."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _scalar_kind(args[0]) if len(args) == 1 else None
+    return hint if hint in (int, float, bool, str) else None
+
+
+def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f"did you mean `{match[0]}`?" if match else "remove it, or see `sft-recipes train --help-all` for the keys"
+
+
+def _yaml_lines(path: str) -> dict[str, int]:
+    """Top-level key -> line number, so problems can point at file:line."""
+    lines: dict[str, int] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        match = re.match(r"^([A-Za-z_][\w.-]*)\s*:", line)
+        if match:
+            lines.setdefault(match.group(1), number)
+    return lines
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise RecipeError(Problem(path, "recipe file not found", "check the path given to --config"))
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise RecipeError(
+            Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML syntax")
+        ) from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise RecipeError(Problem(path, "a recipe must be a YAML mapping of key: value", "see recipes/ for examples"))
+    return config
+
+
+def check_types(config: dict[str, Any], hints: dict[str, Any], where: typing.Callable[[str], str]) -> list[Problem]:
+    """Type problems in YAML values. Strings that argparse converts (a YAML `1e-5`) are warnings, not errors."""
+    problems = []
+    for key, value in config.items():
+        kind = _scalar_kind(hints.get(key))
+        if kind is None or value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, str) and kind in (int, float):
+            try:
+                kind(value)
+            except ValueError:
+                pass
+            else:
+                problems.append(
+                    Problem(
+                        where(key),
+                        f"{value!r} was read by YAML as a string and converted to {kind(value)!r}",
+                        f"write it as a float, e.g. `{key}: {float(value):.1e}`"
+                        if kind is float
+                        else f"write it without quotes: `{key}: {value}`",
+                        severity="warning",
+                    )
+                )
+                continue
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            continue
+        if kind is str and isinstance(value, (int, float)):
+            continue
+        problems.append(
+            Problem(
+                where(key),
+                f"expected {kind.__name__}, got {type(value).__name__} {value!r}",
+                f"set `{key}` to a {kind.__name__}",
+            )
+        )
+    return problems
+
+
+def _explicit_cli_keys(args: list[str]) -> set[str]:
+    return {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def parse_recipe(argv: list[str]) -> Recipe:
+    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors."""
+    args = list(argv)
+    config: dict[str, Any] = {}
+    path = None
+    if "--config" in args:
+        index = args.index("--config")
+        if index + 1 >= len(args):
+            raise RecipeError(Problem("--config", "missing the recipe path", "--config recipes/<model>/<method>.yaml"))
+        path = args[index + 1]
+        del args[index : index + 2]
+        config = load_yaml(path)
+
+    hints = field_types()
+    lines = _yaml_lines(path) if path else {}
+
+    def where(key: str) -> str:
+        return f"{path}:{lines[key]} ({key})" if key in lines else key
+
+    env = config.pop("env", None) or {}
+    problems: list[Problem] = []
+    if not isinstance(env, dict):
+        problems.append(Problem(where("env"), "`env` must be a mapping of VARIABLE: value"))
+        env = {}
+    for key in config:
+        if key not in hints:
+            problems.append(Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints)))
+    for arg in _explicit_cli_keys(args):
+        if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
+            problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
+    type_problems = check_types({k: v for k, v in config.items() if k in hints}, hints, where)
+    problems += type_problems
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise RecipeError(errors)
+
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+    explicit = set(config) | _explicit_cli_keys(args)
+    defaults: dict[str, Any] = {}
+    if "use_cpu" not in explicit and not _has_accelerator():
+        defaults["use_cpu"] = True  # no accelerator here: train on CPU instead of failing in TrainingArguments
+
+    parser = _Parser(DATACLASSES)
+    parser.set_defaults_with_config(**defaults, **config)
+    try:
+        script, training, model, mixture = parser.parse_args_into_dataclasses(args=args)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise RecipeError(Problem(path or "command line", str(err), "fix the value named above")) from None
+
+    resolved = {
+        key: _plain(getattr(obj, key))
+        for key in sorted(explicit)
+        for obj in (script, training, model, mixture)
+        if hasattr(obj, key)
+    }
+    if env:
+        resolved["env"] = {k: ("<redacted>" if SECRET_PATTERN.search(str(k)) else v) for k, v in env.items()}
+    for key in ("hub_token",):
+        if resolved.get(key):
+            resolved[key] = "<redacted>"
+    return Recipe(
+        script, training, model, mixture, path, explicit, resolved, [p for p in problems if p.severity == "warning"]
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A YAML-safe rendering of a parsed value (enums and dataclasses flattened)."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if getattr(value, f.name) is not None}
+    return value
+
+
+def print_help_all() -> None:
+    _Parser(DATACLASSES).print_help(sys.stdout)

@@ -1,0 +1,429 @@
+"""The model layer: model kind from config.json, tokenizer/processor, quantization, device map, LoRA, loading."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from sft_recipes.errors import Problem, RecipeError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, PreTrainedModel
+
+logger = logging.getLogger("sft_recipes")
+
+CAUSAL_LM = "causal_lm"
+IMAGE_TEXT_TO_TEXT = "image_text_to_text"
+# The attention/MLP projections of llama-like decoders, the LoRA default (QLoRA paper: adapt all linear layers).
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Path fragments of the parts of a VLM that are not the language model; LoRA leaves them alone by default.
+VISION_PARTS = ("vision", "visual", "image", "multi_modal_projector", "mm_projector", "connector", "patch_embed")
+DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
+    """causal_lm or image_text_to_text, from config.json alone. The image-text map is checked first: 14 model types
+    (gemma3, llama4, mllama, ...) are in both maps."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    if override != "auto":
+        return override
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    # A checkpoint saved as *ForCausalLM is text-only even when its model_type is in both maps.
+    if architectures and architectures[0].endswith("ForCausalLM") and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return CAUSAL_LM
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "vision_config" in config:
+        return IMAGE_TEXT_TO_TEXT
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return CAUSAL_LM
+    if "auto_map" in config:
+        auto_map = config["auto_map"]
+        return IMAGE_TEXT_TO_TEXT if "AutoModelForImageTextToText" in auto_map else CAUSAL_LM
+    raise RecipeError(
+        Problem(
+            "model_name_or_path",
+            f"model_type {model_type!r} is unknown to transformers {_version('transformers')}",
+            "upgrade transformers, or check config.json",
+        )
+    )
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[str, Any]:
+    """config.json of a local directory or hub id (only that file is fetched, never the weights)."""
+    from transformers import PretrainedConfig
+
+    name = model_args.model_name_or_path
+    if not name:
+        raise RecipeError(Problem("model_name_or_path", "no model given", "set model_name_or_path in the recipe"))
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise RecipeError(Problem(name, "directory has no config.json", "point model_name_or_path at a model folder"))
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise RecipeError(Problem(name, "model path does not exist", "check model_name_or_path"))
+    try:
+        config, _ = PretrainedConfig.get_config_dict(
+            name, revision=model_args.model_revision, cache_dir=model_args.cache_dir
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeError(
+            Problem(
+                name,
+                f"cannot read config.json: {str(err).splitlines()[0]}",
+                "check model_name_or_path and model_revision, and hub access (HF_HUB_OFFLINE)",
+            )
+        ) from None
+    if "auto_map" in config and not trust_remote_code and config.get("model_type") not in _known_model_types():
+        raise RecipeError(
+            Problem(
+                "trust_remote_code",
+                f"{name} needs its own modelling code (auto_map)",
+                "set trust_remote_code: true after reading that code; it is off by default because "
+                "it runs arbitrary Python from the model repository",
+            )
+        )
+    return config
+
+
+def _known_model_types() -> set[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return set(CONFIG_MAPPING_NAMES)
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language-model part of a config.json (itself for text models)."""
+    return config.get("text_config") or config
+
+
+def resolve_dtype(dtype: str | None, training_args: Any, config: dict[str, Any]) -> torch.dtype:
+    """A concrete torch dtype: "auto" follows the checkpoint, then the training precision."""
+    import torch
+
+    if dtype in (None, "auto"):
+        saved = (
+            config.get("dtype")
+            or config.get("torch_dtype")
+            or text_config(config).get("dtype")
+            or text_config(config).get("torch_dtype")
+        )
+        if saved in DTYPES:
+            return getattr(torch, DTYPES[saved])
+        return compute_dtype(training_args)
+    if dtype not in DTYPES:
+        raise RecipeError(Problem("dtype", f"unknown dtype {dtype!r}", "use auto, bfloat16, float16 or float32"))
+    return getattr(torch, DTYPES[dtype])
+
+
+def compute_dtype(training_args: Any) -> torch.dtype:
+    """The precision training computes in; the QLoRA compute dtype follows it (FastChat)."""
+    import torch
+
+    if getattr(training_args, "bf16", False):
+        return torch.bfloat16
+    if getattr(training_args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def resolve_attn_implementation(requested: str | None, strict: bool) -> str | None:
+    """The attention implementation to load with; a missing flash-attn falls back to sdpa unless strict."""
+    from importlib.util import find_spec
+
+    package = FLASH_PACKAGES.get(requested or "")
+    if package is None or find_spec(package) is not None:
+        return requested
+    if strict:
+        raise RecipeError(
+            Problem(
+                "attn_implementation",
+                f"{requested} needs the `{package}` package, not installed",
+                "pip install 'sft-recipes[flash-attn]', or attn_implementation: sdpa",
+            )
+        )
+    logger.warning(
+        "attn_implementation=%s needs `%s`, which is not installed: falling back to sdpa "
+        "(set attn_strict: true to make this an error).",
+        requested,
+        package,
+    )
+    return "sdpa"
+
+
+def distributed_mode(training_args: Any = None) -> str:
+    """single, ddp, zero2, zero3 or fsdp, from what accelerate launch / the TrainingArguments say."""
+    env = os.environ
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    deepspeed = getattr(training_args, "deepspeed", None)
+    if deepspeed is not None and stage is None:
+        import json
+
+        ds = deepspeed if isinstance(deepspeed, dict) else json.load(open(deepspeed))
+        stage = str(ds.get("zero_optimization", {}).get("stage", 0))
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
+        return "zero3" if stage == "3" else "zero2" if stage == "2" else "ddp"
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or getattr(training_args, "fsdp", None):
+        return "fsdp"
+    return "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def get_kbit_device_map(mode: str) -> dict[str, int] | None:
+    """Where a quantized model's weights go: this rank's GPU, or nowhere under ZeRO-3/FSDP (peft#306).
+
+    TRL removed its own in 1.8 (PR #6158). Never "auto": it spreads layers over GPUs and cannot train distributed.
+    """
+    import torch
+
+    if mode in ("zero3", "fsdp") or not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
+def build_quantization_config(
+    model_args: Any, compute: torch.dtype, mode: str = "single"
+) -> BitsAndBytesConfig | None:
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise RecipeError(Problem("load_in_4bit", "both load_in_4bit and load_in_8bit are set", "choose one"))
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    from importlib.util import find_spec
+
+    if find_spec("bitsandbytes") is None:
+        raise RecipeError(
+            Problem(
+                "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit",
+                "quantized loading needs bitsandbytes, not installed",
+                "pip install 'sft-recipes[quantization]'",
+            )
+        )
+    from transformers import BitsAndBytesConfig
+
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = model_args.bnb_4bit_quant_storage
+    if mode == "fsdp":
+        # FSDP flattens parameters of one dtype: the 4-bit storage must match the compute dtype (QLoRA-FSDP).
+        storage = str(compute).removeprefix("torch.")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage or "uint8",
+    )
+
+
+def rope_scaling_plan(config: dict[str, Any], max_length: int | None, policy: str = "auto") -> dict[str, Any] | None:
+    """Linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length exceeds the context
+    (FastChat); None when no scaling is needed."""
+    context = text_config(config).get("max_position_embeddings")
+    if not max_length or not context or max_length <= context:
+        return None
+    if policy == "off":
+        raise RecipeError(
+            Problem(
+                "max_length",
+                f"max_length {max_length} exceeds the model's context {context} and rope_scaling_policy is off",
+                f"set max_length <= {context}, or rope_scaling_policy: auto",
+            )
+        )
+    factor = math.ceil(max_length / context)
+    return {"rope_type": "linear", "factor": float(factor)}
+
+
+def linear_module_names(model: PreTrainedModel) -> list[str]:
+    """Full names of the linear layers (plain or bitsandbytes) outside the output head."""
+    import torch
+
+    names = []
+    output = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear and module is not output and not name.endswith("lm_head"):
+            names.append(name)
+    return names
+
+
+def is_vision_part(name: str) -> bool:
+    return any(part in name for part in VISION_PARTS)
+
+
+def default_lora_targets(model: PreTrainedModel, kind: str) -> list[str] | str:
+    """All linear projections of the language model: the llama-style seven when present, else every linear leaf.
+    For VLMs a regex that keeps the vision tower and projector out."""
+    linear = [n for n in linear_module_names(model) if not (kind == IMAGE_TEXT_TO_TEXT and is_vision_part(n))]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    targets = [t for t in DEFAULT_LORA_TARGETS if t in leaves] or leaves
+    if kind == IMAGE_TEXT_TO_TEXT:
+        parts = "|".join(re.escape(p) for p in VISION_PARTS)
+        return rf"^(?!.*({parts})).*\.({'|'.join(targets)})$"
+    return targets
+
+
+def build_lora_config(model_args: Any, model: PreTrainedModel, kind: str) -> LoraConfig | None:
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets: list[str] | str = model_args.lora_target_modules or default_lora_targets(model, kind)
+    if isinstance(targets, list):
+        leaves = {n.rsplit(".", 1)[-1] for n in linear_module_names(model)}
+        missing = [t for t in targets if t not in leaves and t != "all-linear"]
+        if missing:
+            raise RecipeError(
+                Problem(
+                    "lora_target_modules",
+                    f"{missing} match no linear layer of this model",
+                    f"use some of: {sorted(leaves)}",
+                )
+            )
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        target_parameters=model_args.lora_target_parameters,
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+        task_type=model_args.lora_task_type,
+    )
+
+
+def load_processing_class(model_args: Any, training_args: Any, kind: str) -> Any:
+    """The tokenizer (causal LMs) or processor (VLMs), right-padded, with a pad token and the recipe's template."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    kwargs: dict[str, Any] = dict(
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    if kind == IMAGE_TEXT_TO_TEXT:
+        processing_class = AutoProcessor.from_pretrained(name, **kwargs)
+        tokenizer = processing_class.tokenizer
+    else:
+        processing_class = tokenizer = AutoTokenizer.from_pretrained(
+            name, use_fast=not model_args.use_slow_tokenizer, **kwargs
+        )
+    tokenizer.padding_side = "right"
+    max_length = model_args.model_max_length or training_args.max_length
+    if max_length:
+        tokenizer.model_max_length = max_length
+    apply_pad_policy(tokenizer, model_args.pad_token_policy, training_args.pad_token)
+    return processing_class
+
+
+def apply_pad_policy(tokenizer: Any, policy: str, explicit_pad: str | None = None) -> str:
+    """Give the tokenizer a pad token and say where it came from: existing, explicit, unk, eos or added.
+
+    A pad equal to eos is safe here: TRL's collator masks padding by position, so the real EOS stays trained."""
+    if explicit_pad is not None:
+        return "explicit"  # SFTTrainer sets args.pad_token itself, after checking it is in the vocabulary
+    if tokenizer.pad_token is not None and policy != "add":
+        return "existing"
+    if policy in ("auto", "unk") and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+        return "unk"
+    if policy in ("auto", "eos", "unk") and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        return "eos"
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return "added"
+
+
+def load_model(
+    model_args: Any, training_args: Any, kind: str, config: dict[str, Any], tokenizer: Any, mode: str | None = None
+) -> PreTrainedModel:
+    """Load for training: concrete dtype, attention with fallback, quantization + device map, RoPE scaling,
+    embeddings grown to a multiple of 8 when the tokenizer grew, use_cache off."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    mode = mode or distributed_mode(training_args)
+    dtype = resolve_dtype(model_args.dtype, training_args, config)
+    quantization = build_quantization_config(model_args, compute_dtype(training_args), mode)
+    name = model_args.model_name_or_path
+    common = dict(
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    model_config = AutoConfig.from_pretrained(name, **common)
+    rope = rope_scaling_plan(config, training_args.max_length, model_args.rope_scaling_policy)
+    if rope is not None:
+        target = model_config.get_text_config()
+        params = dict(getattr(target, "rope_parameters", None) or {})
+        target.rope_parameters = {**params, **rope}
+        logger.info(
+            "max_length %s > max_position_embeddings %s: linear RoPE scaling, factor %s",
+            training_args.max_length,
+            text_config(config)["max_position_embeddings"],
+            rope["factor"],
+        )
+    auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+    logger.info(
+        "Loading %s as %s (%s, dtype=%s, attention=%s, quantization=%s, mode=%s)",
+        name,
+        auto_class.__name__,
+        kind,
+        dtype,
+        model_args.attn_implementation,
+        quantization and quantization.quant_method,
+        mode,
+    )
+    model = auto_class.from_pretrained(
+        name,
+        config=model_config,
+        dtype=dtype,
+        attn_implementation=resolve_attn_implementation(model_args.attn_implementation, model_args.attn_strict),
+        quantization_config=quantization,
+        device_map=get_kbit_device_map(mode) if quantization is not None else None,
+        use_safetensors=None if model_args.allow_pickle_weights else True,
+        **common,
+    )
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        # Open-Instruct: a multiple of 8 keeps the embedding matmul on tensor cores.
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        logger.info(
+            "Resized embeddings %d -> %d for %d tokens",
+            embeddings,
+            model.get_input_embeddings().weight.shape[0],
+            len(tokenizer),
+        )
+    model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
+    if quantization is not None and mode != "fsdp":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    return model

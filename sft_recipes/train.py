@@ -1,0 +1,268 @@
+"""Fine-tune a model from a recipe: parse, check, load, train with trl.SFTTrainer, save.
+
+Usage: sft-recipes train --config recipes/<model>/<method>.yaml [--key value ...] [--accelerate_config zero3]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from sft_recipes.errors import Problem, RecipeError
+
+logger = logging.getLogger("sft_recipes")
+
+COMPLETE_MARKER = "sft_recipes_complete"  # written into a checkpoint once every file of it is on disk
+SUMMARY = "run_summary.json"
+LOCK = ".sft_recipes.lock"
+
+
+def main(argv: list[str]) -> int:
+    from sft_recipes.launch import launch_if_requested
+
+    launched = launch_if_requested("train", argv)
+    if launched is not None:
+        return launched
+    from sft_recipes.config import parse_recipe
+
+    recipe = parse_recipe(argv)
+    run(recipe)
+    return 0
+
+
+def run(recipe: Any) -> str:
+    """Train one recipe to completion; returns output_dir."""
+    import transformers
+    from trl import SFTTrainer
+
+    from sft_recipes.data import load_training_data
+    from sft_recipes.model import (
+        build_lora_config,
+        detect_model_kind,
+        distributed_mode,
+        load_model,
+        load_processing_class,
+    )
+    from sft_recipes.throughput import ThroughputCallback
+    from sft_recipes.validate import preflight
+
+    model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
+    config = preflight(recipe)
+    output_dir = training_args.output_dir
+    resume = resume_checkpoint(output_dir, training_args.resume_from_checkpoint, script_args.overwrite_output_dir)
+    with output_lock(output_dir):
+        transformers.set_seed(training_args.seed)
+        kind = detect_model_kind(config, model_args.model_kind)
+        mode = distributed_mode(training_args)
+        logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), mode)
+        processing_class = load_processing_class(model_args, training_args, kind)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        model = load_model(model_args, training_args, kind, config, tokenizer, mode)
+        train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
+        trainer = SFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=build_lora_config(model_args, model, kind),
+            callbacks=[ThroughputCallback(), checkpoint_marker()],
+        )
+        if resume:
+            logger.info("Resuming from %s", resume)
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(output_dir)
+        if trainer.accelerator.is_main_process:
+            finalize_output(output_dir, trainer, recipe, result, time.time() - started)
+        if script_args.merge_adapter and model_args.use_peft and trainer.accelerator.is_main_process:
+            from sft_recipes.merge import merge_adapter
+
+            merge_adapter(output_dir, os.path.join(output_dir, "merged"))
+        trainer.accelerator.wait_for_everyone()
+        if hasattr(trainer, "end"):
+            trainer.end()
+    return output_dir
+
+
+def completed_checkpoints(output_dir: str) -> list[Path]:
+    """Checkpoints whose every file was written, oldest first. One cut off by a crash has no marker (ours) and
+    a partial trainer_state.json (plain HF runs): it is never picked."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if not match or not path.is_dir():
+            continue
+        if (path / COMPLETE_MARKER).exists():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resume_checkpoint(output_dir: str, requested: str | bool | None, overwrite: bool) -> str | None:
+    """The checkpoint to resume from: the requested one, else the last complete one in output_dir."""
+    if isinstance(requested, str) and requested not in ("True", "true"):
+        if not (Path(requested) / "trainer_state.json").is_file():
+            raise RecipeError(
+                Problem(
+                    "resume_from_checkpoint",
+                    f"{requested} is not a complete checkpoint",
+                    "point it at a checkpoint-N folder, or leave it unset to resume automatically",
+                )
+            )
+        return requested
+    if overwrite:
+        return None
+    done = (Path(output_dir) / SUMMARY).is_file()
+    checkpoints = completed_checkpoints(output_dir)
+    if done and not requested:
+        raise RecipeError(
+            Problem(
+                "output_dir",
+                f"{output_dir} already holds a finished run ({SUMMARY})",
+                "pick a new output_dir, or pass --overwrite_output_dir true to train again",
+            )
+        )
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+class _Lock:
+    def __init__(self, output_dir: str):
+        self.path = Path(output_dir) / LOCK
+        self.held = False
+
+    def __enter__(self) -> _Lock:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return self  # rank 0 holds the lock for the whole job
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = int((self.path.read_text().strip() or "0").split()[0])
+                if pid and _alive(pid):
+                    raise RecipeError(
+                        Problem(
+                            str(self.path.parent),
+                            f"another run (pid {pid}) is writing to this output_dir",
+                            "wait for it, or choose another output_dir",
+                        )
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            self.held = True
+            return self
+        raise RecipeError(Problem(str(self.path), "could not take the output_dir lock", "remove the lock file"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+
+
+def output_lock(output_dir: str) -> _Lock:
+    """Refuse a second concurrent run into the same output_dir."""
+    return _Lock(output_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def checkpoint_marker() -> Any:
+    """A callback that marks a checkpoint complete once the trainer wrote all of it (on_save runs after
+    _save_checkpoint), fsynced so a crash never leaves a marker without its files."""
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and path.is_dir():
+                with open(path / COMPLETE_MARKER, "w") as marker:
+                    marker.write(f"{state.global_step}\n")
+                    marker.flush()
+                    os.fsync(marker.fileno())
+
+    return CheckpointMarker()
+
+
+def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
+    """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
+    EOS id and no pad among them, the resolved recipe and a run summary."""
+    import yaml
+    from transformers import GenerationConfig
+
+    out = Path(output_dir)
+    config_path = out / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["use_cache"] = True
+        if isinstance(config.get("text_config"), dict):
+            config["text_config"]["use_cache"] = True
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    model = trainer.model
+    model = getattr(model, "get_base_model", lambda: model)()
+    generation = getattr(model, "generation_config", None) or GenerationConfig()
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    save_generation_config(out, generation, tokenizer)
+    header = f"# Resolved recipe of this run (sft-recipes {_versions()['sft-recipes']}).\n"
+    (out / "recipe.yaml").write_text(header + yaml.safe_dump(recipe.raw, sort_keys=True))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "tokens_seen": _tokens_seen(trainer),
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_loss": getattr(result, "training_loss", None),
+        "wall_time_s": round(seconds, 2),
+        "versions": _versions(),
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:
+    eos = generation.eos_token_id
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+        eos_ids.insert(0, tokenizer.eos_token_id)
+    generation.eos_token_id = eos_ids
+    pad = tokenizer.pad_token_id
+    # A pad id among the EOS ids makes generate() stop at once on some models: keep it out.
+    generation.pad_token_id = pad if pad is not None and pad not in eos_ids else None
+    if generation.bos_token_id is None:
+        generation.bos_token_id = tokenizer.bos_token_id
+    generation.save_pretrained(out)
+
+
+def _tokens_seen(trainer: Any) -> int | None:
+    seen = getattr(trainer.state, "num_input_tokens_seen", 0)
+    if seen:
+        return int(seen)
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    return int(tokens[-1]) if tokens else None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("sft-recipes", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "missing"
+    return found
