@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run(recipe: Any) -> str:
-    """Train one recipe to completion; returns output_dir."""
+def run(recipe: Any) -> Any:
+    """Train one recipe to completion; returns the trainer."""
     import transformers
     from trl import SFTTrainer
 
@@ -87,7 +87,7 @@ def run(recipe: Any) -> str:
         trainer.accelerator.wait_for_everyone()
         if hasattr(trainer, "end"):
             trainer.end()
-    return output_dir
+    return trainer
 
 
 def completed_checkpoints(output_dir: str) -> list[Path]:

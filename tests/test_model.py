@@ -1,0 +1,189 @@
+"""The model layer: kind dispatch, quantization and device-map rules, LoRA targets, tokenizer policies, RoPE."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sft_recipes.errors import RecipeError
+from sft_recipes.model import (
+    CAUSAL_LM,
+    IMAGE_TEXT_TO_TEXT,
+    apply_pad_policy,
+    build_lora_config,
+    build_quantization_config,
+    default_lora_targets,
+    detect_model_kind,
+    get_kbit_device_map,
+    resolve_attn_implementation,
+    resolve_dtype,
+    rope_scaling_plan,
+)
+
+
+def model_args(**overrides):
+    from sft_recipes.config import ModelConfig
+
+    return ModelConfig(**{"model_name_or_path": "x", **overrides})
+
+
+def test_every_causal_fixture_dispatches_to_causal_lm_from_config_json(causal_lm_dirs):
+    for family, path in causal_lm_dirs.items():
+        config = json.loads((path / "config.json").read_text())
+        assert detect_model_kind(config) == CAUSAL_LM, family
+
+
+def test_every_vlm_fixture_dispatches_to_image_text_to_text_from_config_json(vlm_dirs):
+    for family, path in vlm_dirs.items():
+        config = json.loads((path / "config.json").read_text())
+        assert detect_model_kind(config) == IMAGE_TEXT_TO_TEXT, family
+
+
+def test_types_in_both_maps_follow_the_saved_architecture():
+    assert detect_model_kind({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}) \
+        == IMAGE_TEXT_TO_TEXT
+    assert detect_model_kind({"model_type": "gemma3", "architectures": ["Gemma3ForCausalLM"]}) == CAUSAL_LM
+    assert detect_model_kind({"model_type": "qwen2"}) == CAUSAL_LM
+    assert detect_model_kind({"model_type": "qwen2"}, override=IMAGE_TEXT_TO_TEXT) == IMAGE_TEXT_TO_TEXT
+
+
+def test_unknown_model_type_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="unknown to transformers"):
+        detect_model_kind({"model_type": "not_a_model"})
+
+
+def test_auto_dtype_follows_checkpoint_then_training_precision():
+    assert resolve_dtype("auto", SimpleNamespace(bf16=False), {"dtype": "bfloat16"}) == torch.bfloat16
+    assert resolve_dtype("auto", SimpleNamespace(bf16=False, fp16=True), {}) == torch.float16
+    assert resolve_dtype("auto", SimpleNamespace(bf16=False, fp16=False), {}) == torch.float32
+    assert resolve_dtype("float32", SimpleNamespace(bf16=True), {"dtype": "bfloat16"}) == torch.float32
+
+
+def test_qlora_config_is_nf4_double_quant_with_compute_dtype_of_training():
+    config = build_quantization_config(model_args(load_in_4bit=True, use_bnb_nested_quant=True), torch.bfloat16)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert config.bnb_4bit_quant_storage == torch.uint8
+
+
+def test_qlora_under_fsdp_stores_quantized_weights_in_the_compute_dtype():
+    config = build_quantization_config(model_args(load_in_4bit=True), torch.bfloat16, mode="fsdp")
+    assert config.bnb_4bit_quant_storage == torch.bfloat16
+
+
+def test_eight_bit_and_both_bit_widths():
+    assert build_quantization_config(model_args(load_in_8bit=True), torch.float32).load_in_8bit
+    assert build_quantization_config(model_args(), torch.float32) is None
+    with pytest.raises(RecipeError, match="both"):
+        build_quantization_config(model_args(load_in_4bit=True, load_in_8bit=True), torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["zero3", "fsdp"])
+def test_no_device_map_under_zero3_or_fsdp(mode, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_kbit_device_map(mode) is None
+
+
+@pytest.mark.parametrize("mode", ["single", "ddp", "zero2"])
+def test_quantized_models_go_to_this_ranks_gpu_under_single_and_ddp(mode, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert get_kbit_device_map(mode) == {"": 3}
+
+
+def test_device_map_is_never_auto_and_none_on_cpu():
+    for mode in ("single", "ddp", "zero2", "zero3", "fsdp"):
+        assert get_kbit_device_map(mode) != "auto"
+    if not torch.cuda.is_available():
+        assert get_kbit_device_map("single") is None
+
+
+def test_missing_flash_attn_falls_back_to_sdpa_or_fails_when_strict(caplog):
+    from importlib.util import find_spec
+
+    if find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    assert resolve_attn_implementation("flash_attention_2", strict=False) == "sdpa"
+    assert "falling back to sdpa" in caplog.text
+    with pytest.raises(RecipeError, match="flash-attn"):
+        resolve_attn_implementation("flash_attention_2", strict=True)
+    assert resolve_attn_implementation("eager", strict=True) == "eager"
+
+
+def test_rope_factor_is_ceil_of_max_length_over_context():
+    assert rope_scaling_plan({"max_position_embeddings": 256}, 256) is None
+    assert rope_scaling_plan({"max_position_embeddings": 256}, 600) == {"rope_type": "linear", "factor": 3.0}
+    assert rope_scaling_plan({"text_config": {"max_position_embeddings": 100}}, 101)["factor"] == math.ceil(1.01)
+    with pytest.raises(RecipeError, match="exceeds"):
+        rope_scaling_plan({"max_position_embeddings": 256}, 600, policy="off")
+
+
+def _load(path, **kw):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
+
+
+def test_default_lora_targets_are_the_seven_projections_of_llama_like_models(causal_lm_dirs):
+    for family, path in causal_lm_dirs.items():
+        model = _load(path)
+        targets = default_lora_targets(model, CAUSAL_LM)
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        expected = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                    if t in leaves]
+        assert targets == (expected or targets), family
+        assert "lm_head" not in targets
+
+
+def test_lora_trainable_count_is_sum_of_r_times_in_plus_out(llama_dir):
+    from peft import get_peft_model
+
+    model = _load(llama_dir)
+    r = 4
+    config = build_lora_config(model_args(use_peft=True, lora_r=r), model, CAUSAL_LM)
+    expected = sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in config.target_modules)
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == expected > 0
+
+
+def test_vlm_lora_leaves_the_vision_tower_and_projector_alone(vlm_dirs):
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    for family, path in vlm_dirs.items():
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        peft_model = get_peft_model(model, build_lora_config(model_args(use_peft=True), model, IMAGE_TEXT_TO_TEXT))
+        adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        assert adapted, family
+        assert not [n for n in adapted if any(p in n for p in ("vision", "multi_modal_projector", "connector"))]
+
+
+def test_unknown_lora_targets_list_the_linear_modules_that_exist(llama_dir):
+    with pytest.raises(RecipeError, match="q_proj"):
+        build_lora_config(model_args(use_peft=True, lora_target_modules=["query_key_value"]), _load(llama_dir),
+                          CAUSAL_LM)
+
+
+def test_pad_policy_prefers_existing_then_unk_then_eos_then_adds():
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    def tokenizer(**special):
+        vocab = {"<unk>": 0, "</s>": 1, "<pad>": 2, "a": 3}
+        fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")))
+        fast.add_special_tokens(special)
+        return fast
+
+    assert apply_pad_policy(tokenizer(pad_token="<pad>", eos_token="</s>"), "auto") == "existing"
+    unk = tokenizer(unk_token="<unk>", eos_token="</s>")
+    assert apply_pad_policy(unk, "auto") == "unk" and unk.pad_token == "<unk>"
+    eos = tokenizer(eos_token="</s>")
+    assert apply_pad_policy(eos, "auto") == "eos" and eos.pad_token == "</s>"
+    added = tokenizer(eos_token="</s>", pad_token="<pad>")
+    assert apply_pad_policy(added, "add") == "added" and added.pad_token == "<|pad|>"
