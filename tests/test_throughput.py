@@ -1,17 +1,25 @@
 """ThroughputCallback on a real SFTTrainer run, and the FLOPs-per-token formula against hand counts."""
 
-import os
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, PreTrainedTokenizerFast, TrainerCallback
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+)
 from trl import SFTConfig, SFTTrainer
 
+from sft_recipes import throughput
 from sft_recipes.throughput import add_throughput_callback, model_flops_per_token, trainable_fraction
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 WORDS = [f"w{i}" for i in range(100)]
 LENGTHS = [3, 5, 8, 11, 14, 20]  # words per example, all different so every batch of 3 is padded
@@ -148,3 +156,19 @@ def test_trainable_fraction_of_a_model_with_only_the_head_trainable():
         param.requires_grad = name == "lm_head.weight"
     total = sum(p.numel() for p in model.parameters())
     assert trainable_fraction(model) == 16 * 128 / total
+
+
+def test_mfu_divides_model_flops_per_second_by_the_peak_of_every_device(monkeypatch):
+    # The CUDA path, driven by hand: no GPU needed, the clock and the memory probe are stubbed
+    clock = iter([100.0, 102.0])  # train begin, then the first log 2 s later
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(throughput, "peak_memory", lambda cuda: {"peak_memory_gib": 1.5} if cuda else {})
+    args = SimpleNamespace(device=torch.device("cuda"), world_size=2, max_length=32)
+    state, model = TrainerState(), LlamaForCausalLM(tiny_llama_config())
+    callback = throughput.ThroughputCallback(peak_tflops=1.0e-6)  # 1 MFLOP/s per device
+    callback.on_train_begin(args, state, TrainerControl(), model=model)
+    logs = {"loss": 1.0, "num_tokens": 10.0}
+    callback.on_log(args, state, TrainerControl(), logs=logs)
+    assert logs["tokens_per_second"] == 5.0 and logs["tokens_per_second_per_device"] == 2.5
+    assert logs["mfu"] == pytest.approx(model_flops_per_token(model.config.to_dict(), 1.0, 32) * 5.0 / 2.0e6)
+    assert logs["peak_memory_gib"] == 1.5
