@@ -57,6 +57,11 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def package_versions() -> dict[str, str | None]:
+    """sft-recipes and the core stack, as recorded in every run summary."""
+    return {"sft-recipes": _version("sft-recipes"), **{name: _version(name) for name in CORE}}
+
+
 def _ram_gib() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -116,7 +121,7 @@ def collect() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "ram_gib": _ram_gib(),
         "sft-recipes": _version("sft-recipes"),
-        "packages": {name: _version(name) for name in CORE},
+        "packages": {name: version for name, version in package_versions().items() if name != "sft-recipes"},
         "extras": {
             module: {"present": has_package(module), "version": _version(distribution)}
             for module, distribution in EXTRAS.items()

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.errors import Problem, RecipeError
@@ -182,7 +183,7 @@ def distributed_mode(training_args: Any = None) -> str:
     if deepspeed is not None and stage is None:
         import json
 
-        ds = deepspeed if isinstance(deepspeed, dict) else json.load(open(deepspeed))
+        ds = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
         stage = str(ds.get("zero_optimization", {}).get("stage", 0))
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
         return "zero3" if stage == "3" else "zero2" if stage == "2" else "ddp"
@@ -210,16 +211,9 @@ def build_quantization_config(
         raise RecipeError(Problem("load_in_4bit", "both load_in_4bit and load_in_8bit are set", "choose one"))
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return None
-    from importlib.util import find_spec
+    from sft_recipes.environment import require_extra
 
-    if find_spec("bitsandbytes") is None:
-        raise RecipeError(
-            Problem(
-                "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit",
-                "quantized loading needs bitsandbytes, not installed",
-                "pip install 'sft-recipes[quantization]'",
-            )
-        )
+    require_extra("bitsandbytes", "quantization", "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit")
     from transformers import BitsAndBytesConfig
 
     if model_args.load_in_8bit:

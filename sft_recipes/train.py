@@ -48,7 +48,7 @@ def run(recipe: Any) -> Any:
         load_model,
         load_processing_class,
     )
-    from sft_recipes.throughput import ThroughputCallback
+    from sft_recipes.throughput import add_throughput_callback
     from sft_recipes.validate import preflight
 
     model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
@@ -71,13 +71,15 @@ def run(recipe: Any) -> Any:
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=build_lora_config(model_args, model, kind),
-            callbacks=[ThroughputCallback(), checkpoint_marker()],
+            callbacks=[checkpoint_marker()],
         )
+        add_throughput_callback(trainer)  # first, so tensorboard/wandb/trackio receive its metrics
         if resume:
             logger.info("Resuming from %s", resume)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(output_dir)
+        trainer.save_state()  # trainer_state.json at the top level, for `sft-recipes report`
         if trainer.accelerator.is_main_process:
             finalize_output(output_dir, trainer, recipe, result, time.time() - started)
         if script_args.merge_adapter and model_args.use_peft and trainer.accelerator.is_main_process:
@@ -173,6 +175,16 @@ def output_lock(output_dir: str) -> _Lock:
     return _Lock(output_dir)
 
 
+def lock_holder(output_dir: str) -> int | None:
+    """The pid of a live run holding output_dir's lock, None when free or left by a killed run."""
+    path = Path(output_dir) / LOCK
+    try:
+        pid = int((path.read_text().strip() or "0").split()[0])
+    except (OSError, ValueError):
+        return None
+    return pid if pid and _alive(pid) else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -206,6 +218,8 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     import yaml
     from transformers import GenerationConfig
 
+    from sft_recipes.environment import package_versions
+
     out = Path(output_dir)
     config_path = out / "config.json"
     if config_path.is_file():
@@ -219,7 +233,7 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     generation = getattr(model, "generation_config", None) or GenerationConfig()
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     save_generation_config(out, generation, tokenizer)
-    header = f"# Resolved recipe of this run (sft-recipes {_versions()['sft-recipes']}).\n"
+    header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
     (out / "recipe.yaml").write_text(header + yaml.safe_dump(recipe.raw, sort_keys=True))
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
@@ -229,7 +243,7 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
         "final_loss": history[-1]["loss"] if history else None,
         "train_loss": getattr(result, "training_loss", None),
         "wall_time_s": round(seconds, 2),
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -254,15 +268,3 @@ def _tokens_seen(trainer: Any) -> int | None:
         return int(seen)
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
     return int(tokens[-1]) if tokens else None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("sft-recipes", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "missing"
-    return found
