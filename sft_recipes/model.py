@@ -34,6 +34,7 @@ DTYPES = {
     "fp32": "float32",
     "float": "float32",
 }
+RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|padding|>")
 FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 
@@ -151,8 +152,11 @@ def compute_dtype(training_args: Any) -> torch.dtype:
     return torch.float32
 
 
-def resolve_attn_implementation(requested: str | None, strict: bool) -> str | None:
-    """The attention implementation to load with; a missing flash-attn falls back to sdpa unless strict."""
+def resolve_attn_implementation(
+    requested: str | None, strict: bool, config: dict[str, Any] | None = None
+) -> str | None:
+    """The attention implementation to load with; a missing flash-attn falls back to sdpa (eager for models without
+    sdpa support, e.g. Gemma-2) unless strict."""
     from importlib.util import find_spec
 
     package = FLASH_PACKAGES.get(requested or "")
@@ -166,13 +170,25 @@ def resolve_attn_implementation(requested: str | None, strict: bool) -> str | No
                 "pip install 'sft-recipes[flash-attn]', or attn_implementation: sdpa",
             )
         )
+    fallback = "sdpa" if supports_sdpa(config or {}) else "eager"
     logger.warning(
-        "attn_implementation=%s needs `%s`, which is not installed: falling back to sdpa "
+        "attn_implementation=%s needs `%s`, which is not installed: falling back to %s "
         "(set attn_strict: true to make this an error).",
         requested,
         package,
+        fallback,
     )
-    return "sdpa"
+    return fallback
+
+
+def supports_sdpa(config: dict[str, Any]) -> bool:
+    """Whether the model class of this config.json accepts attn_implementation="sdpa" (Gemma-2 does not)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
+    model_class = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
+    return bool(getattr(model_class, "_supports_sdpa", True))
 
 
 def distributed_mode(training_args: Any = None) -> str:
@@ -204,6 +220,28 @@ def get_kbit_device_map(mode: str) -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
+def zero3_gathers_weights_on_save(training_args: Any) -> bool:
+    """Whether ZeRO-3 gathers the full weights when saving (accelerate's `zero3_save_16bit_model`, DeepSpeed's
+    `stage3_gather_16bit_weights_on_model_save`); "auto" counts as no, as accelerate fills it with false."""
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    config = getattr(plugin, "deepspeed_config", None) or {}
+    return config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save") is True
+
+
+def check_sharded_combination(model_args: Any, training_args: Any, mode: str) -> None:
+    """Refuse, before any weight loads, what ZeRO-3/FSDP cannot do or would leave without usable weights."""
+    if mode == "zero3" and not model_args.use_peft and not zero3_gathers_weights_on_save(training_args):
+        raise RecipeError(
+            Problem(
+                "zero3_save_16bit_model",
+                "full fine-tuning under ZeRO-3 without gathering the weights on save ends with no "
+                "model.safetensors, only per-rank DeepSpeed shards that need zero_to_fp32.py",
+                "set zero3_save_16bit_model: true in the accelerate config "
+                "(stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON)",
+            )
+        )
+
+
 def build_quantization_config(
     model_args: Any, compute: torch.dtype, mode: str = "single"
 ) -> BitsAndBytesConfig | None:
@@ -219,8 +257,9 @@ def build_quantization_config(
     if model_args.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
     storage = model_args.bnb_4bit_quant_storage
-    if mode == "fsdp":
-        # FSDP flattens parameters of one dtype: the 4-bit storage must match the compute dtype (QLoRA-FSDP).
+    if mode in ("fsdp", "zero3"):
+        # FSDP and ZeRO-3 shard only floating-point tensors of one dtype: the packed 4-bit weights must be stored
+        # in the compute dtype, or they stay whole on every rank (bitsandbytes FSDP-QLoRA guide, PEFT ZeRO-3 QLoRA).
         storage = str(compute).removeprefix("torch.")
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -284,6 +323,8 @@ def build_lora_config(model_args: Any, model: PreTrainedModel, kind: str) -> Lor
     from peft import LoraConfig
 
     targets: list[str] | str = model_args.lora_target_modules or default_lora_targets(model, kind)
+    if isinstance(targets, str) and re.fullmatch(r"[\w.]+", targets) and targets != "all-linear":
+        targets = [targets]  # trl.ModelConfig turns a one-item list into a string; a plain name is still a name
     if isinstance(targets, list):
         leaves = {n.rsplit(".", 1)[-1] for n in linear_module_names(model)}
         missing = [t for t in targets if t not in leaves and t != "all-linear"]
@@ -335,13 +376,17 @@ def load_processing_class(model_args: Any, training_args: Any, kind: str) -> Any
 
 
 def apply_pad_policy(tokenizer: Any, policy: str, explicit_pad: str | None = None) -> str:
-    """Give the tokenizer a pad token and say where it came from: existing, explicit, unk, eos or added.
+    """Give the tokenizer a pad token and say where it came from: existing, explicit, reserved, unk, eos or added.
 
     A pad equal to eos is safe here: TRL's collator masks padding by position, so the real EOS stays trained."""
     if explicit_pad is not None:
         return "explicit"  # SFTTrainer sets args.pad_token itself, after checking it is in the vocabulary
     if tokenizer.pad_token is not None and policy != "add":
         return "existing"
+    reserved = next((t for t in RESERVED_PAD_TOKENS if t in tokenizer.get_vocab()), None)
+    if policy == "auto" and reserved is not None:
+        tokenizer.pad_token = reserved  # a token the vocabulary keeps for padding (Llama 3.1), trained by no one
+        return "reserved"
     if policy in ("auto", "unk") and tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token
         return "unk"
@@ -360,6 +405,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     mode = mode or distributed_mode(training_args)
+    check_sharded_combination(model_args, training_args, mode)
     dtype = resolve_dtype(model_args.dtype, training_args, config)
     quantization = build_quantization_config(model_args, compute_dtype(training_args), mode)
     name = model_args.model_name_or_path
@@ -395,7 +441,9 @@ def load_model(
         name,
         config=model_config,
         dtype=dtype,
-        attn_implementation=resolve_attn_implementation(model_args.attn_implementation, model_args.attn_strict),
+        attn_implementation=resolve_attn_implementation(
+            model_args.attn_implementation, model_args.attn_strict, config
+        ),
         quantization_config=quantization,
         device_map=get_kbit_device_map(mode) if quantization is not None else None,
         use_safetensors=None if model_args.allow_pickle_weights else True,
@@ -412,7 +460,9 @@ def load_model(
             len(tokenizer),
         )
     model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
-    if quantization is not None and mode != "fsdp":
+    # Not when sharded: it upcasts every non-4-bit weight to fp32, and ZeRO-3/FSDP cannot gather mixed dtypes
+    # (DeepSpeed#8072). SFTTrainer still enables input gradients for gradient checkpointing itself.
+    if quantization is not None and mode not in ("fsdp", "zero3"):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(

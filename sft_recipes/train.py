@@ -30,9 +30,27 @@ def main(argv: list[str]) -> int:
         return launched
     from sft_recipes.config import parse_recipe
 
-    recipe = parse_recipe(argv)
-    run(recipe)
+    try:
+        run(parse_recipe(argv))
+    finally:
+        end_process_group()
     return 0
+
+
+def end_process_group() -> None:
+    """Destroy the process group (gloo/NCCL) while the interpreter is still whole, on every way out of a run.
+
+    Left to interpreter exit, a gloo worker thread can still hold a tensor with a Python reference; freeing it
+    needs the GIL after finalization began, and the rank aborts after training finished ("terminate called
+    without an active exception", exit -6). See pytorch/pytorch#179291."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run(recipe: Any) -> Any:
@@ -63,7 +81,9 @@ def run(recipe: Any) -> Any:
         processing_class = load_processing_class(model_args, training_args, kind)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         model = load_model(model_args, training_args, kind, config, tokenizer, mode)
-        train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
+        with training_args.main_process_first(desc="load and convert the dataset"):
+            # rank 0 builds the datasets cache, the other ranks then read it instead of converting in parallel
+            train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
         trainer = SFTTrainer(
             model=model,
             args=training_args,
@@ -243,6 +263,7 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
         "final_loss": history[-1]["loss"] if history else None,
         "train_loss": getattr(result, "training_loss", None),
         "wall_time_s": round(seconds, 2),
+        "world_size": trainer.accelerator.num_processes,
         "versions": package_versions(),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

@@ -79,7 +79,7 @@ def test_eight_bit_and_both_bit_widths():
     assert build_quantization_config(model_args(load_in_8bit=True), torch.float32).load_in_8bit
     assert build_quantization_config(model_args(), torch.float32) is None
     with pytest.raises(RecipeError, match="both"):
-        build_quantization_config(model_args(load_in_4bit=True, load_in_8bit=True), torch.float32)
+        build_quantization_config(SimpleNamespace(load_in_4bit=True, load_in_8bit=True), torch.float32)
 
 
 @pytest.mark.parametrize("mode", ["zero3", "fsdp"])
@@ -175,15 +175,34 @@ def test_pad_policy_prefers_existing_then_unk_then_eos_then_adds():
     from tokenizers import Tokenizer, models
 
     def tokenizer(**special):
-        vocab = {"<unk>": 0, "</s>": 1, "<pad>": 2, "a": 3}
+        vocab = {"<unk>": 0, "</s>": 1, "[PAD]": 2, "a": 3}
         fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")))
         fast.add_special_tokens(special)
         return fast
 
-    assert apply_pad_policy(tokenizer(pad_token="<pad>", eos_token="</s>"), "auto") == "existing"
+    assert apply_pad_policy(tokenizer(pad_token="[PAD]", eos_token="</s>"), "auto") == "existing"
     unk = tokenizer(unk_token="<unk>", eos_token="</s>")
     assert apply_pad_policy(unk, "auto") == "unk" and unk.pad_token == "<unk>"
     eos = tokenizer(eos_token="</s>")
     assert apply_pad_policy(eos, "auto") == "eos" and eos.pad_token == "</s>"
-    added = tokenizer(eos_token="</s>", pad_token="<pad>")
+    added = tokenizer(eos_token="</s>", pad_token="[PAD]")
     assert apply_pad_policy(added, "add") == "added" and added.pad_token == "<|pad|>"
+
+
+def test_pad_policy_uses_a_reserved_pad_token_before_unk_or_eos():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<|eot_id|>": 1, "<|finetune_right_pad_id|>": 2, "a": 3}
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")))
+    fast.add_special_tokens({"unk_token": "<unk>", "eos_token": "<|eot_id|>"})
+    assert apply_pad_policy(fast, "auto") == "reserved" and fast.pad_token == "<|finetune_right_pad_id|>"
+
+
+def test_flash_fallback_is_eager_for_models_without_sdpa(caplog):
+    from importlib.util import find_spec
+
+    if find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    assert resolve_attn_implementation("flash_attention_2", False, {"model_type": "gemma2"}) == "eager"
+    assert resolve_attn_implementation("flash_attention_2", False, {"model_type": "llama"}) == "sdpa"
