@@ -1,0 +1,20 @@
+"""The README's demo (`make demo` = `python -m sft_recipes.demo`) learns its task and stops at the end of turn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_fine_tune_answers_the_training_prompts_correctly(tmp_path, capsys):
+    from sft_recipes.demo import main
+
+    # main() returns 0 only when at least 4 of the 5 prompts get exactly "The capital of X is Y." then EOS.
+    assert main(["--workdir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "correct" in printed
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["final_loss"] < 0.5
+    assert (tmp_path / "out" / "recipe.yaml").read_text().count("learning_rate") == 1
