@@ -1,0 +1,213 @@
+"""`sft-recipes validate` on good recipes: exit 0, a summary whose figures match the real thing, warnings that say
+what will happen; and `train` refusing a bad recipe before it loads any weight."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_validate_bad_inputs import BASE, fill, run_validate, tree, write_recipe
+
+
+@pytest.fixture
+def places(tmp_path, llama_dir, demo_data_path) -> dict[str, str]:
+    return {"llama": str(llama_dir), "data": str(demo_data_path), "tmp": str(tmp_path)}
+
+
+def parsed(tmp_path: Path, places: dict[str, str], **keys):
+    from sft_recipes.config import parse_recipe
+
+    return parse_recipe(["--config", str(write_recipe(tmp_path, places, keys))])
+
+
+def peft_trainable(model_dir: Path, kind: str, **lora) -> int:
+    """What PEFT itself makes trainable on the real model with our LoraConfig."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from sft_recipes.config import ModelConfig
+    from sft_recipes.model import build_lora_config
+
+    auto = AutoModelForImageTextToText if kind == "image_text_to_text" else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir)
+    args = ModelConfig(model_name_or_path=str(model_dir), use_peft=True, **lora)
+    peft_model = get_peft_model(model, build_lora_config(args, model, kind))
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+def test_good_recipe_exits_0_with_a_summary_and_writes_nothing(tmp_path, places, llama_dir, capsys, monkeypatch):
+    recipe = write_recipe(tmp_path, places, {"use_peft": True, "lora_r": 4})
+    before = tree(tmp_path, llama_dir)
+    code, out, err = run_validate(capsys, monkeypatch, recipe)
+    assert code == 0, err
+    trainable = peft_trainable(llama_dir, "causal_lm", lora_r=4)
+    for expected in (
+        f"{recipe}: OK",
+        "(llama, causal_lm)",
+        "dtype           float32",
+        "attention",
+        "quantization    none",
+        "q_proj",
+        f"{trainable:,} of",
+        "64 (model context 256)",
+        "packing         off",
+        "64 examples",
+        "trained tokens  100% of",
+    ):
+        assert expected in out, f"{expected!r} not in:\n{out}"
+    assert tree(tmp_path, llama_dir) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("family", "lora"),
+    [("llama", {}), ("phi3", {}), ("qwen2", {"lora_target_modules": "all-linear"}), ("llava", {"use_dora": True})],
+)
+def test_trainable_count_from_config_alone_equals_peft_on_the_real_model(
+    family, lora, tmp_path, causal_lm_dirs, vlm_dirs, demo_data_path
+):
+    from sft_recipes.validate import validate
+
+    model_dir = {**causal_lm_dirs, **vlm_dirs}[family]
+    kind = "image_text_to_text" if family in vlm_dirs else "causal_lm"
+    places = {"model": str(model_dir), "data": str(demo_data_path), "tmp": str(tmp_path)}
+    keys = {"model_name_or_path": "{model}", "use_peft": True, "lora_r": 8, **lora}
+    if kind == "image_text_to_text":
+        keys["max_length"] = None
+    v = validate(parsed(tmp_path, places, **keys), data=False)
+    assert v.errors == []
+    assert v.trainable == peft_trainable(model_dir, kind, lora_r=8, **lora)
+
+
+DROP = "<drop this key>"
+WARNINGS = [
+    pytest.param({"max_length": DROP}, ["max_length: not set", "1024 tokens"], id="max-length-unset"),
+    pytest.param({"learning_rate": "1e-5"}, ["read by YAML as a string", "learning_rate: 1.0e-05"], id="yaml-1e-5"),
+    pytest.param(
+        {"load_in_4bit": True, "use_peft": True, "dtype": "auto", "bf16": False},
+        ["compute dtype resolves to float32", "QLoRA computes in fp32"],
+        id="auto-dtype-with-4bit",
+    ),
+    pytest.param({"max_length": 12}, ["longer than max_length 12", "will be cut"], id="truncation"),
+    pytest.param({"model_init_kwargs": {"device_map": {"": 0}}}, ["device_map is ignored"], id="device-map-ignored"),
+    pytest.param(
+        {"eos_token": "<|endoftext|>", "pad_token": "<unk>"}, ["is not trained in 32 of 32"], id="eos-untrained"
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "expected"), WARNINGS)
+def test_warnings_print_and_exit_0(keys, expected, tmp_path, places, capsys, monkeypatch):
+    drop = [key for key, value in keys.items() if value == DROP]
+    recipe = write_recipe(tmp_path, places, keys, drop=drop)
+    code, out, err = run_validate(capsys, monkeypatch, recipe)
+    assert code == 0, err
+    assert "warning:" in err and "OK (" in out
+    for fragment in expected:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+
+
+def test_explicit_bf16_on_a_machine_without_gpu_is_a_warning_stating_cpu(tmp_path, places, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, {"bf16": True}))
+    assert code == 0, err
+    assert "no GPU here: bf16 will be checked at launch; on this machine training would run on CPU" in err
+
+
+def test_missing_flash_attn_falls_back_to_sdpa_and_says_so(tmp_path, places, capsys, monkeypatch):
+    from test_validate_bad_inputs import no_flash_attn
+
+    no_flash_attn(tmp_path, monkeypatch, places)
+    recipe = write_recipe(tmp_path, places, {"attn_implementation": "flash_attention_2"})
+    code, out, err = run_validate(capsys, monkeypatch, recipe)
+    assert code == 0, err
+    assert "falling back to sdpa" in err and "attn_strict: true" in err
+    assert "sdpa (fallback: flash_attention_2 not installed)" in out
+
+
+def test_gpu_without_bf16_is_an_error_naming_fp16(tmp_path, places, monkeypatch):
+    import torch
+
+    from sft_recipes.validate import Validation, check_hardware
+
+    v = Validation(parsed(tmp_path, places, bf16=True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: False)
+    check_hardware(v)
+    (problem,) = v.errors
+    assert "(bf16)" in problem.where and "Tesla T4" in problem.message and "fp16: true" in problem.fix
+
+
+def test_accelerate_config_is_read_into_the_summary(tmp_path, places, capsys, monkeypatch):
+    code, out, err = run_validate(
+        capsys, monkeypatch, write_recipe(tmp_path, places, {}), ["--accelerate_config", "zero3"]
+    )
+    assert code == 0, err
+    assert "distributed" in out and "zero3 x 8" in out
+
+
+@pytest.mark.parametrize(
+    ("data", "keys"),
+    [
+        ("messages", {}),
+        ("messages", {"assistant_only_loss": True}),
+        ("prompt_completion", {}),
+        ("text", {}),
+    ],
+)
+def test_trained_token_masks_agree_with_the_trainers_labels(data, keys, tmp_path, places, llama_dir):
+    """validate re-creates TRL's masks on a sample; the trainer's own labels are the reference."""
+    import json
+
+    from sft_recipes.inspection import build_trainer
+    from sft_recipes.validate import _trained_tokens, validate
+
+    rows = [json.loads(line) for line in Path(places["data"]).read_text().splitlines()[:16]]
+    if data == "prompt_completion":
+        rows = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows]
+    elif data == "text":
+        rows = [{"text": f"Q: {r['messages'][0]['content']} A: {r['messages'][1]['content']}"} for r in rows]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = parsed(tmp_path, {**places, "data": str(path)}, max_length=None, **keys)
+    v = validate(recipe)
+    assert v.errors == []
+    from sft_recipes.data import load_training_data
+
+    train, _ = load_training_data(recipe.script, recipe.mixture, recipe.training)
+    ours = [sum(_trained_tokens(v, row)[1]) for row in train]
+    trainer, _, _ = build_trainer(recipe, str(tmp_path / "inspect"))
+    theirs = [sum(label != -100 for label in row["labels"]) for row in trainer.train_dataset]
+    assert ours == theirs and sum(ours) > 0
+
+
+def test_train_refuses_a_bad_recipe_before_loading_weights(tmp_path, places, capsys, monkeypatch):
+    from sft_recipes import model
+    from sft_recipes.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(model, "load_model", never)
+    recipe = write_recipe(tmp_path, places, {"eos_token": "<|eot_id|>", "dataset_name": "{tmp}/nope.jsonl"})
+    assert main(["train", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "(eos_token)" in err and "nope.jsonl: file not found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_in_a_subprocess_exits_2_without_traceback(tmp_path, places):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(fill({**BASE, "dataset_name": "{tmp}/nope.jsonl"}, places)))
+    done = subprocess.run(
+        [sys.executable, "-m", "sft_recipes", "validate", "--config", str(recipe)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "nope.jsonl: file not found" in done.stderr and "Traceback" not in done.stderr
