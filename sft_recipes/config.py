@@ -137,7 +137,21 @@ def _scalar_kind(hint: Any) -> type | None:
     return hint if hint in (int, float, bool, str) else None
 
 
+# Keys that TRL/transformers renamed or dropped: the commonest reason an old recipe stops parsing.
+RENAMED = {
+    "max_seq_length": "max_length",
+    "torch_dtype": "dtype",
+    "warmup_ratio": "warmup_steps (a float below 1 is a fraction of the steps)",
+    "evaluation_strategy": "eval_strategy",
+    "use_flash_attention_2": "attn_implementation: flash_attention_2",
+    "no_cuda": "use_cpu",
+    "tokenizer_name": "tokenizer_name_or_path",
+}
+
+
 def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
+    if key in RENAMED:
+        return f"renamed upstream: use `{RENAMED[key]}`"
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
     return f"did you mean `{match[0]}`?" if match else "remove it, or see `sft-recipes train --help-all` for the keys"
 
@@ -222,8 +236,11 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def parse_recipe(argv: list[str]) -> Recipe:
-    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors."""
+def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
+    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors.
+
+    keep_going (validate): drop the offending keys instead, parse the rest, and return their errors among
+    `recipe.warnings`, so that every problem of the recipe is reported at once."""
     args = list(argv)
     config: dict[str, Any] = {}
     path = None
@@ -255,8 +272,10 @@ def parse_recipe(argv: list[str]) -> Recipe:
     type_problems = check_types({k: v for k, v in config.items() if k in hints}, hints, where)
     problems += type_problems
     errors = [p for p in problems if p.severity == "error"]
-    if errors:
+    if errors and not keep_going:
         raise RecipeError(errors)
+    if errors:
+        config, args = _without_bad_keys(config, args, hints, where)
 
     for key, value in env.items():
         os.environ[str(key)] = str(value)
@@ -272,7 +291,18 @@ def parse_recipe(argv: list[str]) -> Recipe:
     except RecipeError:
         raise
     except (ValueError, TypeError) as err:
-        raise RecipeError(Problem(path or "command line", str(err), "fix the value named above")) from None
+        if "support bf16" in str(err):  # transformers' message names no fix; bf16 is on by default in TRL
+            raise RecipeError(
+                Problem(
+                    where("bf16"),
+                    "bf16 needs a GPU with bfloat16 support and this machine has none (use_cpu is false)",
+                    "on GPUs without bf16 (T4, V100) set bf16: false and fp16: true; to train on CPU, use_cpu: true",
+                )
+            ) from None
+        culprits = _culprits(config, args, defaults)
+        fix = f"fix {' or '.join(f'`{k}`' for k in culprits)}" if culprits else "fix the value named above"
+        where_ = ", ".join(where(k) for k in culprits) or path or "command line"
+        raise RecipeError(Problem(where_, str(err), fix)) from None
 
     resolved = {
         key: _plain(getattr(obj, key))
@@ -285,9 +315,58 @@ def parse_recipe(argv: list[str]) -> Recipe:
     for key in ("hub_token",):
         if resolved.get(key):
             resolved[key] = "<redacted>"
+    if training.hub_token:
+        # On the args, a token is pickled into training_args.bin with every checkpoint; the hub client reads HF_TOKEN.
+        os.environ.setdefault("HF_TOKEN", training.hub_token)
+        training.hub_token = None
     return Recipe(
-        script, training, model, mixture, path, explicit, resolved, [p for p in problems if p.severity == "warning"]
+        script,
+        training,
+        model,
+        mixture,
+        path,
+        explicit,
+        resolved,
+        problems if keep_going else [p for p in problems if p.severity == "warning"],
     )
+
+
+def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any]) -> list[str]:
+    """The recipe keys without which the dataclasses accept the recipe: what a __post_init__ error is about
+    (TRL's "You can't use 8 bit and 4 bit precision at the same time" names no key)."""
+    found = []
+    for key in config:
+        parser = _Parser(DATACLASSES)
+        parser.set_defaults_with_config(**defaults, **{k: v for k, v in config.items() if k != key})
+        try:
+            parser.parse_args_into_dataclasses(args=args)
+        except (ValueError, TypeError, RecipeError):
+            continue
+        found.append(key)
+    return found
+
+
+def _without_bad_keys(
+    config: dict[str, Any], args: list[str], hints: dict[str, Any], where: typing.Callable[[str], str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The recipe minus unknown keys and wrongly typed values, and the command line minus unknown flags."""
+    good = {
+        k: v
+        for k, v in config.items()
+        if k in hints and all(p.severity != "error" for p in check_types({k: v}, hints, where))
+    }
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if name is not None and name not in hints and name.removeprefix("no_") not in hints:
+            skip = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
+            continue
+        kept.append(arg)
+    return good, kept
 
 
 def _plain(value: Any) -> Any:
