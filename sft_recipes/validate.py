@@ -570,8 +570,27 @@ def check_data(v: Validation) -> None:
     if v.kind == IMAGE_TEXT_TO_TEXT:
         v.summary["trained tokens"] = "decided at collation for vision-language data"
         return
-    rows = [row for _, row in zip(range(SAMPLE_ROWS), train, strict=False)]
-    _check_sample(v, [_trained_tokens(v, row) for row in rows])
+    if first.get("images"):
+        v.add(
+            v.key("dataset_name"),
+            f"the data has images but {source} is a text-only model (TRL refuses the pair)",
+            "train a vision-language model on it, or drop the images column",
+        )
+        return
+    from jinja2 import TemplateError
+
+    sample = []
+    for index, row in zip(range(SAMPLE_ROWS), train, strict=False):
+        try:
+            sample.append(_trained_tokens(v, row))
+        except (TemplateError, ValueError, TypeError, KeyError) as err:
+            v.add(
+                f"{r.script.dataset_name or 'datasets'}[row {index}]",
+                f"the chat template fails on this row: {err}",
+                "fix the row (many templates demand strictly alternating user/assistant turns), or the template",
+            )
+            return
+    _check_sample(v, sample)
 
 
 def _trained_tokens(v: Validation, row: dict[str, Any]) -> tuple[list[int], list[bool]]:

@@ -82,9 +82,22 @@ def half_written_checkpoint(out: Path, step: int) -> Path:
 def test_sigkill_then_rerun_resumes_from_the_last_complete_checkpoint_to_identical_weights(
     method, tmp_path, llama_dir, demo_data_path, capsys
 ):
+    reference = start(write(tmp_path, "reference", llama_dir, demo_data_path, method), tmp_path / "reference.log")
+    try:
+        killed_then_resumed(method, tmp_path, llama_dir, demo_data_path, capsys)
+        assert reference.wait() == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        if reference.poll() is None:  # a failure above: do not leave it training
+            reference.kill()
+    expected = load_file(tmp_path / "reference" / WEIGHTS[method])
+    got = load_file(tmp_path / "killed" / WEIGHTS[method])
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)  # bit for bit
+
+
+def killed_then_resumed(method: str, tmp_path: Path, llama_dir: Path, demo_data_path: Path, capsys) -> None:
     from sft_recipes.cli import main
 
-    reference = start(write(tmp_path, "reference", llama_dir, demo_data_path, method), tmp_path / "reference.log")
     recipe = write(tmp_path, "killed", llama_dir, demo_data_path, method)
     out = tmp_path / "killed"
     run = start(recipe, tmp_path / "first.log")
@@ -111,12 +124,6 @@ def test_sigkill_then_rerun_resumes_from_the_last_complete_checkpoint_to_identic
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {last}" in resumed.stderr and partial.name not in resumed.stderr
-    assert reference.wait() == 0, (tmp_path / "reference.log").read_text()[-3000:]
-
-    expected = load_file(tmp_path / "reference" / WEIGHTS[method])
-    got = load_file(out / WEIGHTS[method])
-    assert set(got) == set(expected)
-    assert all(torch.equal(got[name], expected[name]) for name in expected)  # bit for bit
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["steps"] == STEPS and not (out / LOCK).exists()
 

@@ -109,6 +109,17 @@ def test_warnings_print_and_exit_0(keys, expected, tmp_path, places, capsys, mon
         assert fragment in err, f"{fragment!r} not in:\n{err}"
 
 
+def test_rope_plan_and_vlm_kind_are_in_the_summary(tmp_path, places, vlm_dirs, capsys, monkeypatch):
+    code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, {"max_length": 600}))
+    assert code == 0, err
+    assert "600 (model context 256, RoPE: linear scaling x3)" in out
+    image_chat = Path(__file__).parent / "bad_inputs" / "image_chat.jsonl"
+    vlm = {"model_name_or_path": str(vlm_dirs["llava"]), "max_length": None, "dataset_name": str(image_chat)}
+    code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, vlm))
+    assert code == 0, err
+    assert "(llava, image_text_to_text)" in out and "1 examples" in out
+
+
 def test_explicit_bf16_on_a_machine_without_gpu_is_a_warning_stating_cpu(tmp_path, places, capsys, monkeypatch):
     import torch
 

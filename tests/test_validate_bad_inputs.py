@@ -237,6 +237,9 @@ CASES = [
          dataset_name="{bad}/corrupt_image.jsonl", **VLM),
     case("image-not-found", "missing_image.jsonl[row 0]", "no_such_image.png",
          dataset_name="{bad}/missing_image.jsonl", **VLM),
+    case("images-for-a-text-model", "@dataset_name", "text-only model", dataset_name="{bad}/image_chat.jsonl"),
+    case("template-fails-on-a-row", "double_user.jsonl[row 0]", "roles must alternate",
+         dataset_name="{bad}/double_user.jsonl", chat_template_path="{bad}/strict_alternation.jinja"),
     # 18: model
     case("model-path-missing", "{tmp}/no-model", "does not exist", model_name_or_path="{tmp}/no-model"),
     case("model-dir-without-config", "no config.json", model_name_or_path="{bad}/models/no_config"),
