@@ -1,0 +1,311 @@
+"""The memory planner: parameter counts, the activation model against autograd, the arithmetic, the command."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from sft_recipes.plan import (
+    CUDA_CONTEXT,
+    FRAGMENTATION,
+    GiB,
+    PlanInput,
+    activation_bytes,
+    count_parameters,
+    estimate,
+    gpu_spec,
+    lora_parameters,
+    main,
+    parallelism_from_accelerate_config,
+    plan_input_from_recipe,
+    verdict_line,
+)
+
+TINY = {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
+TINY_HEADS = {"num_attention_heads": 4, "num_key_value_heads": 2}
+FAMILIES = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8},
+    "gemma3_text": {"head_dim": 8},
+    "phi3": {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24, "head_dim": 8},
+}
+# Public config.json values and the parameter counts their model cards publish
+PUBLISHED = {
+    "Qwen2.5-0.5B": ("qwen2", 151936, 896, 24, 14, 2, 4864, True, 494_032_768),
+    "Qwen2.5-1.5B": ("qwen2", 151936, 1536, 28, 12, 2, 8960, True, 1_543_714_304),
+    "Llama-3.1-8B": ("llama", 128256, 4096, 32, 32, 8, 14336, False, 8_030_261_248),
+    "Mistral-7B-v0.1": ("mistral", 32000, 4096, 32, 32, 8, 14336, False, 7_241_732_096),
+    "gemma-2-2b": ("gemma2", 256000, 2304, 26, 8, 4, 9216, True, 2_614_341_888),
+}
+
+
+def published_config(name: str) -> dict:
+    model_type, vocab, hidden, layers, heads, kv_heads, intermediate, tied, _ = PUBLISHED[name]
+    config = {"model_type": model_type, "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers}
+    config |= {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "intermediate_size": intermediate}
+    return config | {"tie_word_embeddings": tied} | ({"head_dim": 256} if model_type == "gemma2" else {})
+
+
+def build(model_type: str, extra: dict, **kw):
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    config = CONFIG_MAPPING[model_type](**TINY, **TINY_HEADS, **extra, **kw)
+    return config, AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_parameter_count_equals_a_model_built_from_the_same_config(model_type):
+    config, model = build(model_type, FAMILIES[model_type])
+    assert count_parameters(config.to_dict())["total"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_parameter_count_of_real_architectures_matches_the_published_count(name):
+    assert count_parameters(published_config(name))["total"] == PUBLISHED[name][-1]
+
+
+def test_lora_parameters_are_r_times_in_plus_out_and_match_peft():
+    from peft import LoraConfig, get_peft_model
+
+    config, model = build("llama", {})
+    targets = ["q_proj", "v_proj", "down_proj"]
+    # q: 32 -> 32, v: 32 -> 16 (2 kv heads x 8), down: 48 -> 32; two layers
+    assert lora_parameters(config.to_dict(), targets, 4) == 2 * 4 * ((32 + 32) + (32 + 16) + (48 + 32))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert lora_parameters(config.to_dict(), targets, 4) == trainable
+    assert lora_parameters(config.to_dict(), None, 4) == lora_parameters(config.to_dict(), "all-linear", 4)
+
+
+def saved_bytes(model, **inputs) -> int:
+    """Bytes of distinct storages autograd keeps for backward (parameters excluded)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**inputs)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    ("model_type", "method", "dtype", "dropout", "checkpointing"),
+    [
+        ("llama", "full", "bfloat16", 0.0, False),
+        ("llama", "lora", "bfloat16", 0.1, False),
+        ("qwen3", "full", "float32", 0.0, False),
+        ("qwen2", "lora", "float32", 0.0, True),
+    ],
+)
+def test_activation_model_matches_what_autograd_saves(model_type, method, dtype, dropout, checkpointing):
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    extra = {"head_dim": 8} if model_type == "qwen3" else {}
+    config, model = build(model_type, extra, dtype=dtype)
+    model = model.to(getattr(torch, dtype))
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=dropout))
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    batch, seq = 2, 16
+    ids = torch.randint(0, 101, (batch, seq))
+    measured = saved_bytes(model, input_ids=ids, labels=ids, fused_lm_head=True)
+
+    inp = PlanInput(config.to_dict(), method=method, lora_r=4, lora_dropout=dropout, dtype=dtype, device="cpu")
+    inp = replace(inp, micro_batch_size=batch, seq_len=seq, gradient_checkpointing=checkpointing, attention_mask=False)
+    a, tokens, layers, b = activation_bytes(inp), batch * seq, 2, 4 if dtype == "float32" else 2
+    if checkpointing:
+        layers_bytes = layers * a.layer_input * tokens
+    else:
+        layers_bytes = (a.first_layer + (layers - 1) * a.layer) * tokens + 2 * seq * 8 * b  # + cos and sin
+    # the head scores seq - 1 positions per row; its per-token outputs are alive but not saved for backward
+    head = a.head_saved * tokens - (32 * b + 18) * batch - 12 * tokens
+    assert layers_bytes + head == pytest.approx(measured, rel=0.002)
+
+
+def test_hand_computed_two_layer_plan_matches_every_component_to_the_byte():
+    config = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128}
+    config |= {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    }
+    inp = PlanInput(config, method="full", dtype="bfloat16", micro_batch_size=2, seq_len=8)
+    plan = estimate(replace(inp, gradient_checkpointing=False, attn_implementation="flash_attention_2"))
+    h, f, V, kv, N = 64, 128, 1000, 32, 16
+    layer_params = h * h + h * kv + h * kv + h * h + 3 * h * f + 2 * h  # q k v o, gate up down, two norms
+    params = V * h + 2 * layer_params + h + V * h  # embedding, layers, final norm, lm_head
+    assert plan.trainable_parameters == params == 202_048
+    norm = 4 * h + 4 + 2 * h  # fp32 upcast + rsqrt + bf16 normalized input of the weight
+    attention = 2 * h + 2 * h + 4 * 4 + 2 * kv * 2  # query, output, fp32 logsumexp, key + value
+    mlp = 3 * f * 2  # gate output, SiLU output, up output
+    inputs = 2 * h + 2 * h + 2 * f  # what q/k/v, gate/up and down keep of their input (o_proj's is the output)
+    layer = 2 * norm + attention + mlp + inputs
+    assert activation_bytes(replace(inp, attn_implementation="flash_attention_2")).layer == layer == 2456
+    rope = 2 * 8 * 16 * 2  # cos and sin: seq x head_dim
+    head_saved = (norm + 2 * h + 30 + 8) * N  # final norm, hidden copy, labels/logZ/entropy/masks, outputs, ids
+    head_backward = N * 32768 * 2 + N * h * 6 + V * h * 6  # [tokens x 32768] tile, grad of hidden and of lm_head
+    expected = {
+        "weights": 2 * params,
+        "optimizer states": 2 * 2 * params,  # exp_avg and exp_avg_sq in bf16, like the bf16 params
+        "gradients": 0,  # no accumulation: gradients only appear as backward frees the activations
+        "activations": 2 * layer * N + rope,
+        "loss head": head_saved + head_backward,
+        "working memory": 0,
+        "CUDA context": CUDA_CONTEXT,
+    }
+    expected["allocator fragmentation"] = int(FRAGMENTATION * sum(expected.values()))
+    assert plan.peak_phase == "backward (LM head)"
+    assert plan.breakdown == expected
+    assert plan.total == sum(expected.values())
+
+
+def test_gradients_live_through_the_forward_only_with_accumulation():
+    inp = PlanInput(published_config("Qwen2.5-0.5B"), method="full", seq_len=2048, micro_batch_size=4)
+    one, four = estimate(inp), estimate(replace(inp, gradient_accumulation_steps=4))
+    assert four.breakdown["gradients"] == four.components["gradients"] > 0
+    assert four.total > one.total
+
+
+def test_zero3_shards_the_weights_over_the_world_and_ddp_replicates_them():
+    inp = PlanInput(published_config("Llama-3.1-8B"), method="full")
+    single = estimate(inp)
+    zero3 = estimate(replace(inp, parallelism="zero3", world_size=8))
+    ddp = estimate(replace(inp, parallelism="ddp", world_size=8))
+    assert zero3.breakdown["weights"] == single.breakdown["weights"] // 8
+    assert ddp.breakdown["weights"] == single.breakdown["weights"]
+    assert ddp.breakdown["DDP gradient buckets"] == single.components["gradients"]
+    zero2 = estimate(replace(inp, parallelism="zero2", world_size=8))
+    assert zero2.breakdown["weights"] == single.breakdown["weights"]
+    assert zero2.breakdown["optimizer states"] == 8 * 8_030_261_248 // 8  # fp32 Adam states of the master copy
+    offload = estimate(replace(inp, parallelism="zero3_offload", world_size=8))
+    assert "optimizer states" not in offload.breakdown and offload.cpu_bytes > 0
+
+
+def test_qlora_weights_are_less_than_a_third_of_bf16_weights():
+    inp = PlanInput(published_config("Mistral-7B-v0.1"), method="lora")
+    bf16 = estimate(inp).breakdown["weights"]
+    qlora = estimate(replace(inp, method="qlora")).breakdown["weights"]
+    assert qlora < bf16 / 3
+    # NF4 with nested quantization: 4.127 bits per linear weight; embeddings, lm_head and norms stay in bf16
+    linear = 7_241_732_096 - 2 * 32000 * 4096 - 65 * 4096
+    assert qlora == int(linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (7_241_732_096 - linear) * 2)
+    assert estimate(replace(inp, method="8bit-lora")).breakdown["weights"] < bf16 * 0.6
+
+
+def test_suggestions_only_list_changes_that_fit():
+    inp = PlanInput(published_config("Llama-3.1-8B"), method="full", gradient_checkpointing=False, micro_batch_size=8)
+    plan = estimate(replace(inp, seq_len=4096))
+    assert not plan.fits(24)
+    fixes = plan.fixes(24)
+    assert fixes and len(plan.suggestions(24)) == len(fixes)
+    for _, changes in fixes:
+        assert estimate(replace(plan.input, **changes)).fits(24)
+    assert estimate(replace(inp, method="qlora", micro_batch_size=1, seq_len=512)).suggestions(80) == []
+    assert "does NOT fit on 24 GiB" in verdict_line(plan, 24) and "cheapest fix" in verdict_line(plan, 24)
+
+
+def test_max_micro_batch_is_monotone_and_is_the_largest_that_fits():
+    plan = estimate(PlanInput(published_config("Qwen2.5-1.5B"), method="lora", seq_len=2048))
+    previous = 0
+    for gib in (8, 16, 24, 40, 80):
+        best = plan.max_micro_batch(gib)
+        assert best >= previous
+        previous = best
+        if best:
+            assert estimate(replace(plan.input, micro_batch_size=best)).fits(gib)
+        assert not estimate(replace(plan.input, micro_batch_size=best + 1)).fits(gib)
+
+
+def test_gpu_spec_reads_torch_device_names():
+    assert gpu_spec("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert gpu_spec("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert gpu_spec("NVIDIA A100-SXM4-40GB").name == "A100 40GB"
+    assert gpu_spec("NVIDIA L4").name == "L4" and gpu_spec("NVIDIA L40S").name == "L40S"
+    assert gpu_spec("NVIDIA GeForce RTX 4090").name == "RTX 4090" and gpu_spec("Tesla T4").bf16 is False
+    assert gpu_spec("H200").memory_gib > 139 and gpu_spec("Some Future Accelerator") is None
+
+
+def test_accelerate_configs_map_to_parallelism(tmp_path):
+    cases = {
+        "distributed_type: DEEPSPEED\nnum_processes: 16\ndeepspeed_config:\n  zero_stage: 3\n": ("zero3", 16),
+        "distributed_type: DEEPSPEED\nnum_processes: 8\ndeepspeed_config:\n  zero_stage: 2\n": ("zero2", 8),
+        "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  zero_stage: 3\n"
+        "  offload_optimizer_device: cpu\n  offload_param_device: cpu\n": ("zero3_offload", 2),
+        "distributed_type: FSDP\nnum_processes: 8\nfsdp_config:\n  fsdp_version: 2\n": ("fsdp2", 8),
+        "distributed_type: MULTI_GPU\nnum_processes: 4\n": ("ddp", 4),
+        'distributed_type: "NO"\nnum_processes: 1\n': ("single", 1),
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        (tmp_path / f"{i}.yaml").write_text(text)
+        assert parallelism_from_accelerate_config(str(tmp_path / f"{i}.yaml")) == expected
+
+
+def test_plan_input_follows_the_recipe_fields():
+    model = SimpleNamespace(
+        load_in_4bit=True,
+        load_in_8bit=False,
+        use_peft=True,
+        lora_r=32,
+        lora_dropout=0.0,
+        lora_target_modules=["q_proj", "v_proj"],
+        dtype="auto",
+        attn_implementation=None,
+    )
+    training = SimpleNamespace(
+        per_device_train_batch_size=4,
+        max_length=None,
+        gradient_checkpointing=True,
+        gradient_accumulation_steps=2,
+        optim="paged_adamw_8bit",
+        bf16=True,
+        fp16=False,
+    )
+    inp = plan_input_from_recipe(SimpleNamespace(model=model, training=training), {"torch_dtype": "bfloat16"})
+    assert (inp.method, inp.lora_r, inp.lora_targets, inp.dtype) == ("qlora", 32, ("q_proj", "v_proj"), "bfloat16")
+    assert (inp.micro_batch_size, inp.seq_len, inp.optimizer) == (4, 2048, "paged_adamw_8bit")
+    assert (inp.attn_implementation, inp.mixed_precision, inp.lora_dropout) == ("sdpa", "bf16", 0.0)
+
+
+def test_json_output_has_the_same_numbers_as_the_table(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(
+        json.dumps(published_config("Qwen2.5-1.5B") | {"architectures": ["Qwen2ForCausalLM"]})
+    )
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(f"model_name_or_path: {model_dir}\nuse_peft: true\nmax_length: 2048\ndtype: bfloat16\n")
+    args = ["--config", str(recipe), "--gpu-memory", "24", "--per_device_train_batch_size", "4"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    for row in data["breakdown"]:
+        line = next(line for line in table.splitlines() if re.search(rf"\b{re.escape(row['component'])}\b", line))
+        assert f"{row['gib']:.2f}" in line
+    assert f"{data['total_gib']:.2f}" in table and data["verdict"].split(" (")[0] in table.replace("\n", " ")
+    assert data["max_micro_batch"] >= 1 and data["fits"] == (data["total_bytes"] <= 24 * GiB)
