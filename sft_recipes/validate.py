@@ -46,6 +46,7 @@ class Validation:
     examples: int | None = None
     tokenizer: Any = None
     training_template: str | None = None  # TRL's patched template when assistant_only_loss needs one
+    lines: dict[str, int] | None = None  # recipe key -> line in the YAML file
 
     @property
     def errors(self) -> list[Problem]:
@@ -59,8 +60,9 @@ class Validation:
         from sft_recipes.config import _yaml_lines
 
         path = self.recipe.path
-        lines = _yaml_lines(path) if path and os.path.isfile(path) else {}
-        return f"{path}:{lines[name]} ({name})" if name in lines else name
+        if self.lines is None:
+            self.lines = _yaml_lines(path) if path and os.path.isfile(path) else {}
+        return f"{path}:{self.lines[name]} ({name})" if name in self.lines else name
 
 
 def validate(recipe: Any, accelerate: dict[str, Any] | None = None, data: bool = True) -> Validation:
