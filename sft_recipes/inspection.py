@@ -521,6 +521,8 @@ def diagnose(ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -
             if args.assistant_only_loss
             else f"make sure every example ends with {stop}"
         )
+        if tokenizer.pad_token == stop:
+            fix += f"; the pad token is also {stop}: mask padding by position (attention mask), never by token id"
         warn(
             "loss mask",
             f"{counts['intact_without_stop']} of {counts['intact_documents']} whole documents never train the stop "
