@@ -205,7 +205,9 @@ CASES = [
     # 12: VLMs
     case("vlm-packing", "@packing", "vision-language", packing=True, **VLM),
     case("vlm-padding-free", "@padding_free", "vision-language", padding_free=True, **VLM),
-    case("vlm-assistant-only-loss", "@assistant_only_loss", "vision-language", assistant_only_loss=True, **VLM),
+    # TRL 1.16 + transformers >= 5.18 mask VLM assistant turns; without generation markers it still cannot.
+    case("vlm-assistant-only-loss-without-markers", "@assistant_only_loss", "{% generation %}",
+         chat_template_path="{bad}/no_generation.jinja", assistant_only_loss=True, **VLM),
     case("vlm-max-length", "@max_length", "image tokens", "max_length: null", **{**VLM, "max_length": 64}),
     # 13-16: tokenizer, template, eos/pad
     case("conversational-data-without-template", "chat_template_path", "no chat template",
