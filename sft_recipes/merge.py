@@ -116,7 +116,7 @@ def _saved_vocab_size(adapter: Path) -> int | None:
     if not weights.is_file():
         return None
     with safe_open(str(weights), "pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
                 return int(handle.get_slice(key).get_shape()[0])
     return None
