@@ -686,113 +686,127 @@ FIXES = (
 )
 
 
-def estimate(inp: PlanInput) -> Plan:
-    """Peak memory per GPU of one training process; plan.md derives every term and gives its source."""
-    _check(inp)
-    s = model_shape(inp.config)
-    tensors = parameter_tensors(inp.config)
-    counts = count_parameters(inp.config)
-    warnings = [counts["note"]] if counts["note"] else []
-    wb, b = DTYPE_BYTES[inp.dtype], _compute_bytes(inp)
-    N, V, h, L = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden, s.layers
-    world = inp.world_size if inp.parallelism != "single" else 1
-    deepspeed = inp.parallelism.startswith("zero")
-    sharded = inp.parallelism in ("zero3", "zero3_offload", "fsdp2")
-    full, cpu = inp.method == "full", inp.device == "cpu"
-    notes: dict[str, str] = {}
-
-    # Weights: quantized linears + everything else in the loaded dtype
-    total_params = counts["total"]
+def _weight_bytes(inp: PlanInput, tensors: list[Tensor], total: int) -> tuple[int, str]:
+    """Quantized linears + everything else in the loaded dtype."""
     linears = [t for t in tensors if t.role in ("linear", "vision")]
-    q_params = sum(t.numel for t in linears) if inp.method in ("qlora", "8bit-lora") else 0
+    quantized = sum(t.numel for t in linears) if inp.method in ("qlora", "8bit-lora") else 0
     if inp.method == "qlora":
         per = NF4_BYTES if inp.nested_quant else NF4_BYTES_PLAIN
-        quant, how = q_params * per, f"NF4 ({8 * per:.3f} bits)"
+        quant, how = quantized * per, f"NF4 ({8 * per:.3f} bits)"
     elif inp.method == "8bit-lora":
-        quant, how = q_params + 4 * sum(t.shape[0] * t.count for t in linears), "int8 + fp32 row scales"
+        quant, how = quantized + 4 * sum(t.shape[0] * t.count for t in linears), "int8 + fp32 row scales"
     else:
         quant, how = 0, ""
-    weights = int(quant + (total_params - q_params) * wb)
-    notes["weights"] = f"{total_params / 1e9:.2f}B params" + (
-        f"; {q_params / 1e9:.2f}B linear in {how}, the rest in {inp.dtype}" if q_params else f" in {inp.dtype}"
+    note = f"{total / 1e9:.2f}B params" + (
+        f"; {quantized / 1e9:.2f}B linear in {how}, the rest in {inp.dtype}" if quantized else f" in {inp.dtype}"
     )
+    return int(quant + (total - quantized) * DTYPE_BYTES[inp.dtype]), note
 
-    # Trainable parameters: all (full) or the LoRA matrices, in tb bytes each
-    if full:
-        trainable, tb = tensors, wb
-    else:
-        names, unmatched = resolve_targets(s, inp.lora_targets)
-        if unmatched:
-            warnings.append(f"LoRA targets {unmatched} match no linear layer of {s.model_type}")
-        shapes = layer_linears(s)
-        trainable = [Tensor(f"lora_A.{n}", (inp.lora_r, shapes[n][0]), L, "lora") for n in names]
-        trainable += [Tensor(f"lora_B.{n}", (shapes[n][1], inp.lora_r), L, "lora") for n in names]
-        tb = _adapter_bytes(inp)
-    n_trainable = sum(t.numel for t in trainable)
-    if inp.parallelism == "fsdp2" and inp.mixed_precision != "no" and inp.method != "qlora":
-        # accelerate upcasts trainable parameters to fp32 before fully_shard (utils/fsdp_utils.py)
-        weights += (n_trainable * (4 - wb)) if full else 0
-        tb = 4
-    adapters = 0 if full else n_trainable * tb
-    grads = n_trainable * tb
-    optim, optim_note = optimizer_bytes(inp.optimizer, trainable, 4 if deepspeed else tb)
-    warnings += [optim_note] if optim_note else []
-    master = n_trainable * 4 if deepspeed else 0  # ZeRO's optimizer keeps fp32 copies of the trainable weights
-    opt_temp = _optimizer_step_temp(inp, trainable, 4 if deepspeed else tb)
 
-    # Activations kept for backward
-    acts = activation_bytes(inp)
+def _trainable_tensors(inp: PlanInput, s: Shape, tensors: list[Tensor]) -> tuple[list[Tensor], list[str]]:
+    """All parameters (full) or the LoRA matrices of every layer, and warnings about unmatched targets."""
+    if inp.method == "full":
+        return tensors, []
+    names, unmatched = resolve_targets(s, inp.lora_targets)
+    shapes = layer_linears(s)
+    lora = [Tensor(f"lora_A.{n}", (inp.lora_r, shapes[n][0]), s.layers, "lora") for n in names]
+    lora += [Tensor(f"lora_B.{n}", (shapes[n][1], inp.lora_r), s.layers, "lora") for n in names]
+    return lora, [f"LoRA targets {unmatched} match no linear layer of {s.model_type}"] if unmatched else []
+
+
+def _saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: ActivationBytes) -> tuple[int, str]:
+    """Everything the decoder (and a VLM's vision tower) keeps for backward at the end of the forward."""
+    N, L, b = inp.micro_batch_size * inp.seq_len, s.layers, _compute_bytes(inp)
+    full = inp.method == "full"
     seq_terms = acts.per_layer_seq * inp.seq_len
-    one_layer = (acts.layer + seq_terms) * N
     if inp.gradient_checkpointing:
-        activations = L * acts.layer_input * N
-        notes["activations"] = f"checkpointed: the input of each of {L} layers, {N} tokens"
+        total = L * acts.layer_input * N
+        note = f"checkpointed: the input of each of {L} layers, {N} tokens"
     else:
-        activations = (acts.first_layer + (L - 1) * acts.layer + L * seq_terms) * N + 2 * inp.seq_len * s.head_dim * b
-        notes["activations"] = f"{L} layers x {N} tokens x {(acts.layer + seq_terms) / 1024:.1f} KiB"
+        total = (acts.first_layer + (L - 1) * acts.layer + L * seq_terms) * N + 2 * inp.seq_len * s.head_dim * b
+        note = f"{L} layers x {N} tokens x {(acts.layer + seq_terms) / 1024:.1f} KiB"
     if inp.dtype == "float32" and _autocast(inp):
         # autocast's bf16 copies of the fp32 weights: cached for trainable ones, kept by backward for frozen ones
         linear_params = sum(t.numel for t in tensors if t.role == "linear")
         copies = 2 * (linear_params if full or not inp.gradient_checkpointing else linear_params // L)
-        activations += copies
-        notes["activations"] += f"; {copies / GiB:.2f} GiB of bf16 weight copies made by autocast"
+        total += copies
+        note += f"; {copies / GiB:.2f} GiB of bf16 weight copies made by autocast"
     vision = vision_shape(inp.config)
     if vision and full:  # LoRA leaves the vision tower frozen (model.default_lora_targets): it keeps nothing
         hv = vision.hidden
         per_token = 2 * (4 * hv + 4 + b * hv) + 4 * hv * b + 4 * vision.heads + 3 * vision.intermediate * b
         images = vision.patches * inp.images_per_sample * inp.micro_batch_size
-        vision_acts = (1 if inp.gradient_checkpointing else vision.layers) * per_token * images
-        activations += vision_acts
-        notes["activations"] += f"; vision tower ~{vision_acts / GiB:.2f} GiB (estimate)"
+        vision_bytes = (1 if inp.gradient_checkpointing else vision.layers) * per_token * images
+        total += vision_bytes
+        note += f"; vision tower ~{vision_bytes / GiB:.2f} GiB (estimate)"
+    return total, note
 
-    # The LM head: saved hidden states + the tiles of TRL's chunked log-softmax (or the full logits)
-    head_saved = acts.head_saved * N
+
+def _loss_head(inp: PlanInput, s: Shape) -> tuple[int, int, str]:
+    """Scratch of the LM head + loss, forward and backward: TRL's chunked log-softmax tiles (or full logits)."""
+    N, V, h = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden
+    b, wb = _compute_bytes(inp), DTYPE_BYTES[inp.dtype]
     n_tile = min(N, HEAD_TOKENS)
     if not inp.fused_loss:
-        head_fwd, head_bwd = N * V * 4, N * V * (8 + b)
-        notes["loss head"] = f"full logits: {N} tokens x {V} vocabulary"
-    elif cpu:  # torch fallback: fp32 temporaries of the tile's size (3 forward, 8 + a bool backward)
+        forward, backward = N * V * 4, N * V * (8 + b)
+        note = f"full logits: {N} tokens x {V} vocabulary"
+    elif inp.device == "cpu":  # torch fallback: fp32 temporaries of the tile's size (3 forward, 8 + a bool backward)
         tile = n_tile * min(V, HEAD_VOCAB)  # only the touched part of the [4096 x 32768] buffer is resident
-        head_fwd = tile * b + 3 * tile * 4 + 7 * N * 4
-        head_bwd = tile * b + 8 * tile * 4 + tile + N * h * (4 + b)
-        notes["loss head"] = "TRL's chunked LM head (torch fallback)"
+        forward = tile * b + 3 * tile * 4 + 7 * N * 4
+        backward = tile * b + 8 * tile * 4 + tile + N * h * (4 + b)
+        note = "TRL's chunked LM head (torch fallback)"
     else:  # Triton: one [4096 x 32768] buffer in the compute dtype
-        head_fwd = n_tile * HEAD_VOCAB * b + 7 * N * 4
-        head_bwd = n_tile * HEAD_VOCAB * b + N * h * (4 + b)
-        notes["loss head"] = "TRL's chunked LM head: the full logits are never built"
-    if full:  # the fp32 gradient accumulator of lm_head, then its cast to the weights' dtype
-        head_bwd += V * h * (4 + (wb if wb != 4 else 0))
+        forward = n_tile * HEAD_VOCAB * b + 7 * N * 4
+        backward = n_tile * HEAD_VOCAB * b + N * h * (4 + b)
+        note = "TRL's chunked LM head: the full logits are never built"
+    if inp.method == "full":  # the fp32 gradient accumulator of lm_head, then its cast to the weights' dtype
+        backward += V * h * (4 + (wb if wb != 4 else 0))
+    return forward, backward, note
 
-    # One layer's backward: gradients of its activations (+ the recomputed layer under checkpointing)
-    layer_work = N * (3 * s.intermediate + 2 * h) * b
+
+def _layer_backward(inp: PlanInput, s: Shape, one_layer: int) -> int:
+    """One layer's backward: gradients of its activations (+ the recomputed layer under checkpointing)."""
+    N, h, b = inp.micro_batch_size * inp.seq_len, s.hidden, _compute_bytes(inp)
+    work = N * (3 * s.intermediate + 2 * h) * b
     if inp.attn_implementation == "eager":
-        layer_work += N * inp.seq_len * s.heads * (4 + 2 * b)
+        work += N * inp.seq_len * s.heads * (4 + 2 * b)
     if inp.method == "qlora":  # bitsandbytes dequantizes one weight at a time
-        layer_work += 2 * max(fi * fo for fi, fo in layer_linears(s).values()) * b
+        work += 2 * max(fi * fo for fi, fo in layer_linears(s).values()) * b
     elif inp.method == "8bit-lora":
-        layer_work += 3 * N * max(h, s.intermediate)  # fp16 copy and int8 codes of the input
-    if inp.gradient_checkpointing:
-        layer_work += one_layer
+        work += 3 * N * max(h, s.intermediate)  # fp16 copy and int8 codes of the input
+    return work + (one_layer if inp.gradient_checkpointing else 0)
+
+
+def estimate(inp: PlanInput) -> Plan:
+    """Peak memory per GPU of one training process; plan.md derives every term and gives its source."""
+    _check(inp)
+    s, tensors, counts = model_shape(inp.config), parameter_tensors(inp.config), count_parameters(inp.config)
+    N, V, h, wb = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden, DTYPE_BYTES[inp.dtype]
+    world = inp.world_size if inp.parallelism != "single" else 1
+    deepspeed, full = inp.parallelism.startswith("zero"), inp.method == "full"
+    sharded = inp.parallelism in ("zero3", "zero3_offload", "fsdp2")
+    notes: dict[str, str] = {}
+    weights, notes["weights"] = _weight_bytes(inp, tensors, counts["total"])
+    trainable, warnings = _trainable_tensors(inp, s, tensors)
+    warnings = ([counts["note"]] if counts["note"] else []) + warnings
+    n_trainable = sum(t.numel for t in trainable)
+    tb = wb if full else _adapter_bytes(inp)
+    if inp.parallelism == "fsdp2" and inp.mixed_precision != "no" and inp.method != "qlora":
+        # accelerate upcasts trainable parameters to fp32 before fully_shard (utils/fsdp_utils.py)
+        weights += (n_trainable * (4 - wb)) if full else 0
+        tb = 4
+    adapters, grads = (0 if full else n_trainable * tb), n_trainable * tb
+    optim, optim_note = optimizer_bytes(inp.optimizer, trainable, 4 if deepspeed else tb)
+    warnings += [optim_note] if optim_note else []
+    master = n_trainable * 4 if deepspeed else 0  # ZeRO's optimizer keeps fp32 copies of the trainable weights
+    opt_temp = _optimizer_step_temp(inp, trainable, 4 if deepspeed else tb)
+
+    acts = activation_bytes(inp)
+    activations, notes["activations"] = _saved_activations(inp, s, tensors, acts)
+    one_layer = (acts.layer + acts.per_layer_seq * inp.seq_len) * N
+    head_saved = acts.head_saved * N
+    head_fwd, head_bwd, notes["loss head"] = _loss_head(inp, s)
+    layer_work = _layer_backward(inp, s, one_layer)
 
     # Parallelism (ZeRO paper: stage 2 shards gradients + optimizer, stage 3 the weights too; FSDP2 as stage 3)
     shards = world if deepspeed or sharded else 1
@@ -801,7 +815,7 @@ def estimate(inp: PlanInput) -> Plan:
         weights, adapters = weights // world, adapters // world
         layer_params = sum(fi * fo for fi, fo in layer_linears(s).values())
         # the layer at work and the next one prefetched, unsharded (or the embedding / LM head when at work)
-        gathered = max(2 * layer_params, V * h) * (b if inp.parallelism == "fsdp2" else wb)
+        gathered = max(2 * layer_params, V * h) * (_compute_bytes(inp) if inp.parallelism == "fsdp2" else wb)
         if inp.parallelism == "fsdp2" and full:
             gathered += layer_params * tb  # a layer's unsharded gradients before the reduce-scatter
     grads, optim, master = grads // shards, optim // shards, master // shards
@@ -811,6 +825,7 @@ def estimate(inp: PlanInput) -> Plan:
     if inp.parallelism == "zero3_offload":
         cpu_bytes = weights + master + optim + 4 * n_trainable // world
         weights = master = optim = grads = opt_temp = 0
+        notes["weights"] += f"; {cpu_bytes / GiB:.1f} GiB offloaded to host memory"
     ddp_buckets = grads if inp.parallelism == "ddp" else 0  # DDP all-reduces a flat copy of every gradient
 
     # Peak: the largest of these moments. Gradients exist during the forward only with accumulation; without it
@@ -826,46 +841,32 @@ def estimate(inp: PlanInput) -> Plan:
         "optimizer step": (grads, 0, 0, opt_temp + fixed),
     }
     phase, live = max(phases.items(), key=lambda kv: sum(kv[1]))
-    breakdown = {
-        "weights": weights,
-        "LoRA adapters": adapters,
-        "fp32 master weights": master,
-        "optimizer states": optim,
-        "DDP gradient buckets": ddp_buckets,
-    }
-    breakdown = {k: int(v) for k, v in breakdown.items() if v}
+    persistent = {"weights": weights, "LoRA adapters": adapters, "fp32 master weights": master}
+    persistent |= {"optimizer states": optim, "DDP gradient buckets": ddp_buckets}
+    breakdown = {k: int(v) for k, v in persistent.items() if v}
     breakdown.update(zip(("gradients", "activations", "loss head", "working memory"), map(int, live), strict=True))
-    if not cpu:
+    if inp.device != "cpu":
         breakdown["CUDA context"] = CUDA_CONTEXT + (NCCL_BUFFERS if world > 1 else 0)
         breakdown["allocator fragmentation"] = int(FRAGMENTATION * sum(breakdown.values()))
 
-    notes["gradients"] = f"{n_trainable / 1e6:.1f}M trainable x {tb} B"
-    notes["gradients"] += f", sharded over {world}" if shards > 1 else ""
+    notes["gradients"] = f"{n_trainable / 1e6:.1f}M trainable x {tb} B" + (
+        f", sharded over {world}" if shards > 1 else ""
+    )
     if breakdown["gradients"] < grads:
         notes["gradients"] += f"; {grads / GiB:.2f} GiB once backward ends"
     notes["optimizer states"] = f"{inp.optimizer} on " + ("fp32 master weights" if deepspeed else f"{tb}-byte params")
     notes["working memory"] = f"peak moment: {phase}"
+    adapted = ", ".join(t.name.removeprefix("lora_A.") for t in trainable if t.name.startswith("lora_A."))
+    notes["LoRA adapters"] = f"r={inp.lora_r} on {adapted} of {s.layers} layers, {tb} B per parameter"
     notes["fp32 master weights"] = "DeepSpeed's fp32 copy of the trainable weights"
     notes["DDP gradient buckets"] = "a flat copy of the gradients for all-reduce"
     notes["CUDA context"] = "CUDA context + cuBLAS workspace" + (" + NCCL buffers" if world > 1 else "")
     notes["allocator fragmentation"] = f"{FRAGMENTATION:.0%}: reserved by the caching allocator, not allocated"
-    if cpu_bytes:
-        notes["weights"] += f"; {cpu_bytes / GiB:.1f} GiB offloaded to host memory"
-    if s.experts or vision:
+    if s.experts or vision_shape(inp.config):
         warnings.append("activations of MoE layers and vision towers are estimates")
-    components = {
-        "weights": weights,
-        "LoRA adapters": adapters,
-        "fp32 master weights": master,
-        "optimizer states": optim,
-        "gradients": grads,
-        "activations": activations,
-        "activations of one layer": one_layer,
-        "loss head forward": head_saved + head_fwd,
-        "loss head backward": head_saved + head_bwd,
-        "layer backward": layer_work,
-        "optimizer step": opt_temp,
-    }
+    components = persistent | {"gradients": grads, "activations": activations, "activations of one layer": one_layer}
+    components |= {"loss head forward": head_saved + head_fwd, "loss head backward": head_saved + head_bwd}
+    components |= {"layer backward": layer_work, "optimizer step": opt_temp}
     return Plan(inp, breakdown, notes, components, phase, counts, n_trainable, cpu_bytes, warnings)
 
 
@@ -947,7 +948,7 @@ def plan_input_from_recipe(
         gradient_checkpointing=bool(training.gradient_checkpointing),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         optimizer=str(optim),
-        parallelism=parallelism,
+        parallelism="fsdp2" if parallelism == "fsdp" else parallelism,  # model.distributed_mode() says "fsdp"
         world_size=world_size,
         mixed_precision="bf16" if training.bf16 else "fp16" if training.fp16 else "no",
         attn_implementation=model.attn_implementation or "sdpa",
@@ -1010,7 +1011,8 @@ def print_report(data: dict[str, Any]) -> None:
     console.print(data["verdict"], style="bold", markup=False)
     if data["gpu_memory_gib"] is not None:
         gib = data["gpu_memory_gib"]
-        console.print(f"max per_device_train_batch_size on {gib:g} GiB: {data['max_micro_batch']}", markup=False)
+        best = data["max_micro_batch"] or "none (1 does not fit)"
+        console.print(f"max per_device_train_batch_size on {gib:g} GiB: {best}", markup=False)
         for fix in data["suggestions"][1:]:
             console.print(f"  or: {fix}", markup=False)
 
@@ -1037,6 +1039,8 @@ def main(argv: list[str]) -> int:
         world = int(flags["num_processes"])
         parallelism = "ddp" if parallelism == "single" and world > 1 else parallelism
     plan = estimate(plan_input_from_recipe(recipe, _load_config(recipe), parallelism, world))
+    if recipe.training.max_length is None:
+        plan.warnings.append(f"max_length is null: sized for {DEFAULT_SEQ_LEN} tokens per row")
     if gpu_memory is None:
         gpu_memory = local_gpu_memory_gib()
     data = report(plan, gpu_memory)
