@@ -29,6 +29,14 @@ class ModelConfig(trl.ModelConfig):
             "choices": ["auto", "bfloat16", "float16", "float32"],
         },
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto (or unset): the fastest this machine allows, logged at load: flash_attention_3/2 when "
+            "installed on a GPU of compute capability 9.x/8.0+ with 16-bit weights, else sdpa (eager for models "
+            "without sdpa). Or name one: sdpa, eager, flash_attention_2, flash_attention_3, kernels-community/..."
+        },
+    )
     model_kind: str = field(
         default="auto",
         metadata={

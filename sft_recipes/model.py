@@ -153,12 +153,16 @@ def compute_dtype(training_args: Any) -> torch.dtype:
 
 
 def resolve_attn_implementation(
-    requested: str | None, strict: bool, config: dict[str, Any] | None = None
+    requested: str | None, strict: bool, config: dict[str, Any] | None = None, dtype: Any = None
 ) -> str | None:
     """The attention implementation to load with; a missing flash-attn falls back to sdpa (eager for models without
-    sdpa support, e.g. Gemma-2) unless strict."""
+    sdpa support, e.g. Gemma-2) unless strict. "auto" or unset: best_attn_implementation for these weights."""
     from importlib.util import find_spec
 
+    if requested in (None, "auto"):
+        choice, why = best_attn_implementation(config or {}, dtype)
+        logger.info("Attention: %s (%s)", choice, why)
+        return choice
     package = FLASH_PACKAGES.get(requested or "")
     if package is None or find_spec(package) is not None:
         return requested
@@ -179,6 +183,48 @@ def resolve_attn_implementation(
         fallback,
     )
     return fallback
+
+
+def best_attn_implementation(config: dict[str, Any], dtype: Any = None) -> tuple[str, str]:
+    """The fastest attention this machine and model allow, and why: flash_attention_3 on Hopper (compute capability
+    9.x), flash_attention_2 from Ampere on (8.0+), each only with its package installed and 16-bit weights (the
+    kernels have no fp32 path); else sdpa, else eager (models without sdpa support, e.g. Gemma-2). Hub kernels
+    (`kernels-community/...`) are never picked by themselves: they are fetched from the hub at load time."""
+    from importlib.util import find_spec
+
+    import torch
+
+    fallback = "sdpa" if supports_sdpa(config) else "eager"
+    if not torch.cuda.is_available():
+        return fallback, "no CUDA GPU"
+    if str(dtype).removeprefix("torch.") not in ("bfloat16", "float16"):
+        return fallback, f"{str(dtype).removeprefix('torch.')} weights: flash attention needs bfloat16 or float16"
+    if not _model_class_flag(config, "_supports_flash_attn"):
+        return fallback, f"{config.get('model_type')} has no flash attention support in transformers"
+    major, minor = torch.cuda.get_device_capability()
+    if major == 9 and find_spec(FLASH_PACKAGES["flash_attention_3"]) is not None:
+        return "flash_attention_3", f"flash-attn 3 installed, GPU compute capability {major}.{minor}"
+    if major >= 8 and find_spec(FLASH_PACKAGES["flash_attention_2"]) is not None:
+        return "flash_attention_2", f"flash-attn installed, GPU compute capability {major}.{minor}"
+    if major < 8:
+        return fallback, f"GPU compute capability {major}.{minor}: flash attention needs 8.0 or newer"
+    return fallback, "flash-attn not installed (pip install 'sft-recipes[flash-attn]')"
+
+
+def _model_class_flag(config: dict[str, Any], flag: str) -> bool:
+    """A class attribute (`_supports_flash_attn`, ...) of the model class config.json maps to; True when unknown."""
+    import transformers
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = config.get("model_type", "")
+    names = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type) or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(
+        model_type
+    )
+    model_class = getattr(transformers, names, None) if isinstance(names, str) else None
+    return bool(getattr(model_class, flag, True))
 
 
 def supports_sdpa(config: dict[str, Any]) -> bool:
@@ -442,7 +488,7 @@ def load_model(
         config=model_config,
         dtype=dtype,
         attn_implementation=resolve_attn_implementation(
-            model_args.attn_implementation, model_args.attn_strict, config
+            model_args.attn_implementation, model_args.attn_strict, config, dtype
         ),
         quantization_config=quantization,
         device_map=get_kbit_device_map(mode) if quantization is not None else None,

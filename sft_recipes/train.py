@@ -71,6 +71,7 @@ def run(recipe: Any) -> Any:
 
     model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
     config = preflight(recipe)
+    apply_fast_defaults(recipe, config)
     output_dir = training_args.output_dir
     resume = resume_checkpoint(output_dir, training_args.resume_from_checkpoint, script_args.overwrite_output_dir)
     with output_lock(output_dir):
@@ -110,6 +111,76 @@ def run(recipe: Any) -> Any:
         if hasattr(trainer, "end"):
             trainer.end()
     return trainer
+
+
+# Share of the GPU a plan without activation checkpointing may fill: the planner aims at +-10% on GPUs.
+PLAN_HEADROOM = 0.9
+PLAN_PARALLELISM = {"single": "single", "ddp": "ddp", "zero2": "zero2", "zero3": "zero3", "fsdp": "fsdp2"}
+
+
+def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
+    """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
+    A value in the recipe or on the command line always wins. Attention is chosen at load time
+    (sft_recipes.model.best_attn_implementation); packing is a recipe key, set where tests/test_packing.py proves
+    packed == padded."""
+    from sft_recipes.plan import local_gpu_memory_gib, verdict_line
+
+    training = recipe.training
+    gpu_gib = None if training.use_cpu else local_gpu_memory_gib()
+    if not _explicit(recipe, "dataset_num_proc"):
+        training.dataset_num_proc = default_dataset_num_proc()
+    plan = memory_plan(recipe, config)
+    if plan is not None and not _explicit(recipe, "activation_checkpointing", "gradient_checkpointing"):
+        on, why = checkpointing_decision(plan, gpu_gib)
+        training.activation_checkpointing = training.gradient_checkpointing = on
+        logger.info("Activation checkpointing %s: %s", "on" if on else "off", why)
+        plan = memory_plan(recipe, config)
+    if plan is not None and int(os.environ.get("RANK", "0")) == 0:
+        logger.info("Memory plan: %s", verdict_line(plan, gpu_gib))
+
+
+def _explicit(recipe: Any, *keys: str) -> bool:
+    return any(k in recipe.explicit or f"no_{k}" in recipe.explicit for k in keys)
+
+
+def default_dataset_num_proc() -> int | None:
+    """Tokenizing processes: min(8, usable CPUs) on a GPU machine, where a big data set would keep the GPUs waiting;
+    one (None) on CPU, where small data sets pay more to start workers than they save and training needs the cores."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus) if cpus > 1 else None
+
+
+def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
+    """sft_recipes.plan's estimate for this run as launched; None (with a warning) for a model it cannot model."""
+    from sft_recipes.model import distributed_mode
+    from sft_recipes.plan import estimate, plan_input_from_recipe
+
+    parallelism = PLAN_PARALLELISM[distributed_mode(recipe.training)]
+    try:
+        return estimate(plan_input_from_recipe(recipe, config, parallelism, int(os.environ.get("WORLD_SIZE", "1"))))
+    except (RecipeError, KeyError, TypeError, ValueError) as err:
+        logger.warning("No memory plan for this model (%s): activation checkpointing stays as configured", err)
+        return None
+
+
+def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[bool, str]:
+    """Activation checkpointing for a recipe that leaves it unset, and why: off when the plan without it fits in
+    PLAN_HEADROOM of the GPU (it recomputes every layer's forward: ~20-30% slower), else on. Without a GPU to check
+    against, TRL's default (on) stands."""
+    from dataclasses import replace
+
+    from sft_recipes.plan import GiB, estimate
+
+    if gpu_memory_gib is None:
+        return True, "no GPU to check the memory plan against (TRL's default)"
+    need = estimate(replace(plan.input, gradient_checkpointing=False)).total / GiB
+    if need <= PLAN_HEADROOM * gpu_memory_gib:
+        return False, f"the plan fits without it ({need:.1f} of {gpu_memory_gib:.0f} GiB)"
+    return True, f"the plan needs it ({need:.1f} GiB without it > {PLAN_HEADROOM:.0%} of {gpu_memory_gib:.0f} GiB)"
 
 
 def completed_checkpoints(output_dir: str) -> list[Path]:
