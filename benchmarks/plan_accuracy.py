@@ -60,7 +60,7 @@ def cases(device: str) -> list[dict]:
             ("25M-v2k", "lora", 512, 2, False, "eager"),
             ("25M-v2k", "qlora", 1024, 4, False, "sdpa"),
             ("40M", "full", 512, 4, True, "sdpa"),
-            ("40M", "lora", 1024, 4, True, "sdpa"),
+            ("40M", "lora", 512, 4, True, "sdpa"),
             ("40M", "qlora", 1024, 2, True, "sdpa"),
             ("100M", "full", 256, 2, True, "sdpa"),
             ("100M", "lora", 512, 4, False, "sdpa"),
@@ -141,7 +141,7 @@ def measure(case: dict, steps: int = 2) -> dict:
         )
         model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, device_map=device, **load)
         for param in model.parameters():  # on CPU unquantized tensors stay views of the mmapped checkpoint file:
-            if param.is_floating_point():  # copy them to ordinary memory, where a GPU would hold them
+            if param.is_floating_point() and not cuda:  # copy them to ordinary memory, as a GPU would hold them
                 param.data = param.data.clone()
     else:
         model = AutoModelForCausalLM.from_config(config, **load).to(device)

@@ -18,7 +18,6 @@ GiB = 2**30
 METHODS = ("full", "lora", "qlora", "8bit-lora")
 PARALLELISMS = ("single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # bitsandbytes NF4 with nested quantization: 4-bit codes, an 8-bit absmax per 64 weights and an fp32 absmax per 256
 # of those (QLoRA paper section 3: 8/64 + 32/(64*256) = 0.127 bits of constants per weight).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
@@ -34,7 +33,7 @@ FRAGMENTATION = 0.08  # reserved-but-unallocated share of the caching allocator 
 @dataclass(frozen=True)
 class GpuSpec:
     name: str
-    memory_gib: float  # total memory the driver reports (nvidia-smi), in GiB
+    memory_gib: float  # total memory as nvidia-smi reports it, in GiB (torch sees ~1-2% less)
     bf16_tflops: float  # peak dense tensor-core TFLOP/s, no sparsity; fp16 where the GPU has no bf16
     bf16: bool = True
 
@@ -45,15 +44,15 @@ KNOWN_GPUS: dict[str, GpuSpec] = {
     "H100 PCIe": GpuSpec("H100 PCIe", 79.6, 756.0),
     "H200": GpuSpec("H200", 140.4, 989.0),
     "A100 80GB": GpuSpec("A100 80GB", 80.0, 312.0),
-    "A100 40GB": GpuSpec("A100 40GB", 39.6, 312.0),
+    "A100 40GB": GpuSpec("A100 40GB", 40.0, 312.0),
     "L40S": GpuSpec("L40S", 45.0, 362.0),
     "A10G": GpuSpec("A10G", 22.5, 70.0),  # AWS's A10 variant; the datacenter A10 is 125
     "L4": GpuSpec("L4", 22.5, 121.0),
     "RTX 4090": GpuSpec("RTX 4090", 24.0, 165.0),  # fp32 accumulation (GeForce runs it at half the fp16 rate)
-    "RTX 3090": GpuSpec("RTX 3090", 23.7, 71.0),
+    "RTX 3090": GpuSpec("RTX 3090", 24.0, 71.0),
     "T4": GpuSpec("T4", 15.0, 65.0, bf16=False),
-    "V100 32GB": GpuSpec("V100 32GB", 31.7, 125.0, bf16=False),
-    "V100 16GB": GpuSpec("V100 16GB", 15.8, 125.0, bf16=False),
+    "V100 32GB": GpuSpec("V100 32GB", 32.0, 125.0, bf16=False),
+    "V100 16GB": GpuSpec("V100 16GB", 16.0, 125.0, bf16=False),
 }
 # torch.cuda.get_device_name() spellings, most specific first: "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", ...
 _GPU_PATTERNS = (
@@ -516,13 +515,21 @@ def _compute_bytes(inp: PlanInput) -> int:
     return 2 if _autocast(inp) else DTYPE_BYTES[inp.dtype]  # the bnb compute dtype follows the precision too
 
 
+def _weight_bytes_per(inp: PlanInput) -> int:
+    """Bytes of an unquantized weight: the loaded dtype, except that DeepSpeed with bf16/fp16 casts the whole
+    module to 16 bits (its optimizer keeps the fp32 master copy)."""
+    if inp.parallelism.startswith("zero") and inp.mixed_precision in ("bf16", "fp16"):
+        return 2
+    return DTYPE_BYTES[inp.dtype]
+
+
 def _adapter_bytes(inp: PlanInput) -> int:
     """LoRA adapters: PEFT upcasts them to fp32; TRL casts them to bf16 on quantized models and keeps the base
-    dtype under ZeRO-3 (trl#6089)."""
+    dtype under ZeRO-3 (trl#6089); DeepSpeed casts everything it trains to 16 bits."""
     if inp.method in ("qlora", "8bit-lora"):
         return 2
-    if inp.parallelism in ("zero3", "zero3_offload"):
-        return DTYPE_BYTES[inp.dtype]
+    if inp.parallelism.startswith("zero"):
+        return _weight_bytes_per(inp)
     return 4
 
 
@@ -700,7 +707,7 @@ def _weight_bytes(inp: PlanInput, tensors: list[Tensor], total: int) -> tuple[in
     note = f"{total / 1e9:.2f}B params" + (
         f"; {quantized / 1e9:.2f}B linear in {how}, the rest in {inp.dtype}" if quantized else f" in {inp.dtype}"
     )
-    return int(quant + (total - quantized) * DTYPE_BYTES[inp.dtype]), note
+    return int(quant + (total - quantized) * _weight_bytes_per(inp)), note
 
 
 def _trainable_tensors(inp: PlanInput, s: Shape, tensors: list[Tensor]) -> tuple[list[Tensor], list[str]]:
@@ -745,15 +752,15 @@ def _saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: Ac
 def _loss_head(inp: PlanInput, s: Shape) -> tuple[int, int, str]:
     """Scratch of the LM head + loss, forward and backward: TRL's chunked log-softmax tiles (or full logits)."""
     N, V, h = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden
-    b, wb = _compute_bytes(inp), DTYPE_BYTES[inp.dtype]
+    b, wb = _compute_bytes(inp), _weight_bytes_per(inp)
     n_tile = min(N, HEAD_TOKENS)
     if not inp.fused_loss:
         forward, backward = N * V * 4, N * V * (8 + b)
         note = f"full logits: {N} tokens x {V} vocabulary"
-    elif inp.device == "cpu":  # torch fallback: fp32 temporaries of the tile's size (3 forward, 8 + a bool backward)
+    elif inp.device == "cpu":  # torch fallback: fp32 temporaries of the tile's size (3 forward, 7 + a bool backward)
         tile = n_tile * min(V, HEAD_VOCAB)  # only the touched part of the [4096 x 32768] buffer is resident
         forward = tile * b + 3 * tile * 4 + 7 * N * 4
-        backward = tile * b + 8 * tile * 4 + tile + N * h * (4 + b)
+        backward = tile * b + 7 * tile * 4 + tile + N * h * (4 + b)
         note = "TRL's chunked LM head (torch fallback)"
     else:  # Triton: one [4096 x 32768] buffer in the compute dtype
         forward = n_tile * HEAD_VOCAB * b + 7 * N * 4
@@ -781,7 +788,7 @@ def estimate(inp: PlanInput) -> Plan:
     """Peak memory per GPU of one training process; plan.md derives every term and gives its source."""
     _check(inp)
     s, tensors, counts = model_shape(inp.config), parameter_tensors(inp.config), count_parameters(inp.config)
-    N, V, h, wb = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden, DTYPE_BYTES[inp.dtype]
+    N, V, h, wb = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden, _weight_bytes_per(inp)
     world = inp.world_size if inp.parallelism != "single" else 1
     deepspeed, full = inp.parallelism.startswith("zero"), inp.method == "full"
     sharded = inp.parallelism in ("zero3", "zero3_offload", "fsdp2")
@@ -1017,6 +1024,18 @@ def print_report(data: dict[str, Any]) -> None:
             console.print(f"  or: {fix}", markup=False)
 
 
+def _gpu_memory_arg(value: str) -> float:
+    """--gpu-memory: GiB, or a GPU of KNOWN_GPUS ("A10G", "H100 SXM")."""
+    try:
+        return float(value)
+    except ValueError:
+        spec = gpu_spec(value)
+        if spec is None:
+            problem = Problem("--gpu-memory", f"neither GiB nor a known GPU: {value!r}", ", ".join(KNOWN_GPUS))
+            raise RecipeError(problem) from None
+        return spec.memory_gib
+
+
 def main(argv: list[str]) -> int:
     from sft_recipes.config import parse_recipe
     from sft_recipes.launch import resolve_accelerate_config, split_launch_flags
@@ -1025,10 +1044,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gpu-memory")
     parser.add_argument("--json", action="store_true")
     own, argv = parser.parse_known_args(argv)
-    try:
-        gpu_memory = float(own.gpu_memory) if own.gpu_memory else None
-    except ValueError:
-        raise RecipeError(Problem("--gpu-memory", f"not a number: {own.gpu_memory!r}", "GiB, e.g. 80")) from None
+    gpu_memory = _gpu_memory_arg(own.gpu_memory) if own.gpu_memory else None
     flags, rest = split_launch_flags(argv)
     recipe = parse_recipe(rest)
     parallelism, world = "single", 1
