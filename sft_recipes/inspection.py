@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from sft_recipes.errors import Problem, RecipeError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
 
 FORMATS = ("text", "html", "json")
@@ -116,8 +118,22 @@ def build_meta_model(model_args: Any, training_args: Any, kind: str) -> Any:
         trust_remote_code=training_args.trust_remote_code,
     )
     auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
-    with torch.device("meta"):
+    with torch.device("meta"), _outside_zero3_init():
         return auto_class.from_config(config, trust_remote_code=training_args.trust_remote_code)
+
+
+@contextlib.contextmanager
+def _outside_zero3_init() -> Iterator[None]:
+    """Under an accelerate ZeRO-3 launch, from_config would partition the skeleton with deepspeed.zero.Init, which
+    cannot copy meta tensors: step out of transformers' global DeepSpeed config for the skeleton only."""
+    from transformers.integrations import deepspeed
+
+    saved = deepspeed._hf_deepspeed_config_weak_ref
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def inspection_args(training_args: Any, output_dir: str) -> Any:

@@ -214,8 +214,9 @@ def _check_quant_storage(v: Validation) -> None:
             "set bf16: true and bnb_4bit_quant_storage: bfloat16",
             warning=True,
         )
-    elif storage != compute and (storage is not None or v.mode == "zero3"):
-        # Our loader sets the storage itself under FSDP, but never against an explicit value, nor under ZeRO-3.
+    elif storage is not None and storage != compute:
+        # Unset, our loader stores the 4-bit weights in the compute dtype under FSDP and ZeRO-3; an explicit other
+        # value is a misunderstanding worth stopping for.
         v.add(
             v.key("bnb_4bit_quant_storage"),
             f"QLoRA under {v.mode} needs the 4-bit weights stored as the compute dtype ({compute}), got "

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SNAPSHOTS = sorted(RECIPES.glob("*/config.json"))
-MODEL_DIRS = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name != "templates")
+# templates/ holds chat templates; demo/ trains a tiny model `make demo` builds, so it has no hub snapshot.
+MODEL_DIRS = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name not in ("templates", "demo"))
 # Sizes the planner turns into parameter, activation and KV-cache bytes.
 TEXT_KEYS = (
     "hidden_size",

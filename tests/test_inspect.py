@@ -53,12 +53,12 @@ def test_inspect_shows_exactly_the_first_batch_training_gets(packing, tmp_path, 
     else:
         lengths = batch["attention_mask"].sum(1).tolist()
         assert [row_ids(e) for e in inspection.examples] == [
-            r[:n].tolist() for r, n in zip(batch["input_ids"], lengths)
+            r[:n].tolist() for r, n in zip(batch["input_ids"], lengths, strict=True)
         ]
         starts = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         starts[:, 0] = True
     trained = (batch["labels"] != -100) & ~starts  # what the loss scores (labels shift by one)
-    expected = [flag for row, n in zip(trained, lengths) for flag in row[:n].tolist()]
+    expected = [flag for row, n in zip(trained, lengths, strict=True) for flag in row[:n].tolist()]
     assert [p.trained for e in inspection.examples for p in e.pieces if p.kind != "pad"] == expected
     assert any(expected) and not all(expected)
     # inspect tokenized for train: train read the same cache files back, untouched.
@@ -204,3 +204,23 @@ def test_bad_inspect_options_are_clean_errors(argv, where, tmp_path, llama_dir, 
     recipe = recipe_for(tmp_path, llama_dir, CHATS).path
     assert main(["inspect", "--config", recipe, *argv]) == 2
     assert where in capsys.readouterr().err
+
+
+def test_meta_skeleton_builds_inside_a_zero3_launch_and_leaves_zero3_on(llama_dir):
+    """Under `accelerate launch` with ZeRO-3, from_config would try to partition meta tensors with zero.Init."""
+    from types import SimpleNamespace
+
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    from sft_recipes.inspection import build_meta_model
+
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        model = build_meta_model(SimpleNamespace(model_name_or_path=str(llama_dir), model_revision="main",
+                                                 cache_dir=None), SimpleNamespace(trust_remote_code=False),
+                                 "causal_lm")
+        assert all(p.device.type == "meta" for p in model.parameters())
+        assert is_deepspeed_zero3_enabled() and keep is not None
+    finally:
+        unset_hf_deepspeed_config()

@@ -171,8 +171,8 @@ def test_unknown_lora_targets_list_the_linear_modules_that_exist(llama_dir):
 
 
 def test_pad_policy_prefers_existing_then_unk_then_eos_then_adds():
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     def tokenizer(**special):
         vocab = {"<unk>": 0, "</s>": 1, "[PAD]": 2, "a": 3}

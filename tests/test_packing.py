@@ -39,7 +39,7 @@ def packed_and_padded(tmp_path, model_dir, attn):
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
     documents = [
         {"input_ids": batch["input_ids"][0, a:b].tolist(), "labels": batch["labels"][0, a:b].tolist()}
-        for a, b in zip(starts, starts[1:])
+        for a, b in zip(starts, starts[1:], strict=False)
     ]
     assert len(documents) >= 3, "the packed row must hold several documents for this test to mean anything"
     recipe = recipe_for(tmp_path / "model", model_dir, ROWS, attn_implementation=attn, dtype="float32")
@@ -52,7 +52,7 @@ def packed_and_padded(tmp_path, model_dir, attn):
 
 def document_bounds(packed):
     starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
-    return list(zip(starts, starts[1:] + [packed["input_ids"].shape[1]]))
+    return list(zip(starts, starts[1:] + [packed["input_ids"].shape[1]], strict=True))
 
 
 def forward(model, batch, bounds=None):

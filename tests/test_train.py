@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from runs import CPU_DEFAULTS, train, write_recipe
+from safetensors.torch import load_file
 
 
 def run(tmp_path, **keys):

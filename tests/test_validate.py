@@ -222,3 +222,13 @@ def test_validate_in_a_subprocess_exits_2_without_traceback(tmp_path, places):
     )
     assert done.returncode == 2
     assert "nope.jsonl: file not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_zero3_qlora_with_storage_unset_is_valid_because_the_loader_sets_it(
+    tmp_path, capsys, monkeypatch, llama_dir, demo_data_path
+):
+    places = {"llama": str(llama_dir), "data": str(demo_data_path), "tmp": str(tmp_path)}
+    recipe = write_recipe(tmp_path, places, {"load_in_4bit": True, "use_peft": True, "bf16": True})
+    code, out, err = run_validate(capsys, monkeypatch, recipe, ["--accelerate_config", "zero3"])
+    assert code == 0, err
+    assert "bnb_4bit_quant_storage" not in err
