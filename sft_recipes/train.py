@@ -128,11 +128,12 @@ def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     training = recipe.training
     gpu_gib = None if training.use_cpu else local_gpu_memory_gib()
     if not _explicit(recipe, "dataset_num_proc"):
-        training.dataset_num_proc = default_dataset_num_proc()
+        training.dataset_num_proc = recipe.raw["dataset_num_proc"] = default_dataset_num_proc()
     plan = memory_plan(recipe, config)
     if plan is not None and not _explicit(recipe, "activation_checkpointing", "gradient_checkpointing"):
         on, why = checkpointing_decision(plan, gpu_gib)
         training.activation_checkpointing = training.gradient_checkpointing = on
+        recipe.raw["activation_checkpointing"] = on  # recipe.yaml records what was decided, not only what was set
         logger.info("Activation checkpointing %s: %s", "on" if on else "off", why)
         plan = memory_plan(recipe, config)
     if plan is not None and int(os.environ.get("RANK", "0")) == 0:
@@ -324,6 +325,8 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     generation = getattr(model, "generation_config", None) or GenerationConfig()
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     save_generation_config(out, generation, tokenizer)
+    if recipe.raw.get("attn_implementation") in (None, "auto"):
+        recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
     (out / "recipe.yaml").write_text(header + yaml.safe_dump(recipe.raw, sort_keys=True))
     history = [h for h in trainer.state.log_history if "loss" in h]
