@@ -336,6 +336,8 @@ class PlanInput:
     micro_batch_size: int = 1
     seq_len: int = 1024  # max_length (packing fills every row to it)
     gradient_checkpointing: bool = True
+    checkpoint_every_n_layers: int = 1  # activation_checkpointing_kwargs: only every n-th layer is checkpointed
+    checkpoint_offload: bool = False  # activation_checkpointing_kwargs: checkpointed inputs wait in host memory
     gradient_accumulation_steps: int = 1
     optimizer: str = "adamw_torch_fused"
     parallelism: str = "single"
@@ -726,11 +728,17 @@ def _saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: Ac
     N, L, b = inp.micro_batch_size * inp.seq_len, s.layers, _compute_bytes(inp)
     full = inp.method == "full"
     seq_terms = acts.per_layer_seq * inp.seq_len
+    rope = 2 * inp.seq_len * s.head_dim * b  # cos and sin, shared by the layers that keep their activations
     if inp.gradient_checkpointing:
-        total = L * acts.layer_input * N
-        note = f"checkpointed: the input of each of {L} layers, {N} tokens"
+        checkpointed = math.ceil(L / max(inp.checkpoint_every_n_layers, 1))  # layers 0, n, 2n, ...
+        total = (0 if inp.checkpoint_offload else checkpointed * acts.layer_input * N) + (L - checkpointed) * (
+            (acts.layer + seq_terms) * N
+        )
+        total += rope if checkpointed < L else 0
+        note = f"checkpointed: the input of {checkpointed} of {L} layers, {N} tokens"
+        note += " (offloaded to host memory)" if inp.checkpoint_offload else ""
     else:
-        total = (acts.first_layer + (L - 1) * acts.layer + L * seq_terms) * N + 2 * inp.seq_len * s.head_dim * b
+        total = (acts.first_layer + (L - 1) * acts.layer + L * seq_terms) * N + rope
         note = f"{L} layers x {N} tokens x {(acts.layer + seq_terms) / 1024:.1f} KiB"
     if inp.dtype == "float32" and _autocast(inp):
         # autocast's bf16 copies of the fp32 weights: cached for trainable ones, kept by backward for frozen ones
@@ -943,6 +951,13 @@ def plan_input_from_recipe(
         method = "lora" if model.use_peft else "full"
     optim = getattr(training.optim, "value", training.optim)
     targets = model.lora_target_modules
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name mirrors the new one)
+    checkpointing = getattr(training, "activation_checkpointing", None)
+    checkpointing = training.gradient_checkpointing if checkpointing is None else checkpointing
+    kwargs = getattr(training, "activation_checkpointing_kwargs", None) or getattr(
+        training, "gradient_checkpointing_kwargs", None
+    )
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
     return PlanInput(
         config=config,
         method=method,
@@ -952,7 +967,9 @@ def plan_input_from_recipe(
         dtype=_dtype_name(model, training, config),
         micro_batch_size=training.per_device_train_batch_size,
         seq_len=training.max_length or DEFAULT_SEQ_LEN,
-        gradient_checkpointing=bool(training.gradient_checkpointing),
+        gradient_checkpointing=bool(checkpointing),
+        checkpoint_every_n_layers=int(kwargs.get("every_n_layers", 1)),
+        checkpoint_offload=bool(kwargs.get("offload", False)),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         optimizer=str(optim),
         parallelism="fsdp2" if parallelism == "fsdp" else parallelism,  # model.distributed_mode() says "fsdp"

@@ -191,6 +191,16 @@ def test_gradients_live_through_the_forward_only_with_accumulation():
     assert four.total > one.total
 
 
+def test_partial_and_offloaded_checkpointing_keep_less_than_none_and_more_than_all():
+    inp = PlanInput(published_config("Qwen2.5-0.5B"), method="full", seq_len=2048, micro_batch_size=4)
+
+    def kept(**changes):
+        return estimate(replace(inp, **changes)).components["activations"]
+
+    assert kept() < kept(checkpoint_every_n_layers=2) < kept(gradient_checkpointing=False)
+    assert kept(checkpoint_offload=True) == 0
+
+
 def test_zero3_shards_the_weights_over_the_world_and_ddp_replicates_them():
     inp = PlanInput(published_config("Llama-3.1-8B"), method="full")
     single = estimate(inp)
