@@ -126,6 +126,10 @@ class _Parser(trl.TrlParser):
         raise RecipeError(Problem(match.group(1) if match else "command line", message))
 
 
+def _parser() -> _Parser:
+    return _Parser(typing.cast(Any, DATACLASSES))  # HfArgumentParser's stub does not accept a tuple of types
+
+
 def field_types() -> dict[str, Any]:
     """Every recipe key mapped to its type hint."""
     hints: dict[str, Any] = {}
@@ -292,7 +296,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     if "use_cpu" not in explicit and not _has_accelerator():
         defaults["use_cpu"] = True  # no accelerator here: train on CPU instead of failing in TrainingArguments
 
-    parser = _Parser(DATACLASSES)
+    parser = _parser()
     parser.set_defaults_with_config(**defaults, **config)
     try:
         script, training, model, mixture = parser.parse_args_into_dataclasses(args=args)
@@ -344,7 +348,7 @@ def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any])
     (TRL's "You can't use 8 bit and 4 bit precision at the same time" names no key)."""
     found = []
     for key in config:
-        parser = _Parser(DATACLASSES)
+        parser = _parser()
         parser.set_defaults_with_config(**defaults, **{k: v for k, v in config.items() if k != key})
         try:
             parser.parse_args_into_dataclasses(args=args)
@@ -393,4 +397,4 @@ def _plain(value: Any) -> Any:
 
 
 def print_help_all() -> None:
-    _Parser(DATACLASSES).print_help(sys.stdout)
+    _parser().print_help(sys.stdout)

@@ -9,6 +9,7 @@ import argparse
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "full.yaml"
 
@@ -22,12 +23,13 @@ def generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 24) -> l
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     answers = []
     for prompt in prompts:
-        inputs = tokenizer.apply_chat_template(
+        inputs: Any = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers.append(str(answer).strip())
     return answers
 
 

@@ -48,7 +48,7 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, detect_model_kind
+    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, detect_model_kind, embedding_rows
 
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").is_file():
@@ -75,13 +75,13 @@ def merge_adapter(
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     # A QLoRA adapter is merged into the base reloaded in 16-bit: merging into 4-bit weights would round the update
     # away and save a quantized model.
-    model = auto_class.from_pretrained(base, dtype=torch_dtype)
-    embeddings = model.get_input_embeddings().weight.shape[0]
+    base_model: Any = auto_class.from_pretrained(base, dtype=torch_dtype)
+    embeddings = embedding_rows(base_model)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(base)
     vocab = _saved_vocab_size(adapter)
     if vocab and vocab != embeddings:
-        model.resize_token_embeddings(vocab)
-    model = PeftModel.from_pretrained(model, str(adapter))
+        base_model.resize_token_embeddings(vocab)
+    model: Any = PeftModel.from_pretrained(base_model, str(adapter))
     model.eval()
     ids = torch.arange(check_tokens).remainder(min(embeddings, 1000)).unsqueeze(0) + 1
     with torch.no_grad():

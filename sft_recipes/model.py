@@ -495,14 +495,14 @@ def load_model(
         use_safetensors=None if model_args.allow_pickle_weights else True,
         **common,
     )
-    embeddings = model.get_input_embeddings().weight.shape[0]
+    embeddings = embedding_rows(model)
     if len(tokenizer) > embeddings:
         # Open-Instruct: a multiple of 8 keeps the embedding matmul on tensor cores.
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
         logger.info(
             "Resized embeddings %d -> %d for %d tokens",
             embeddings,
-            model.get_input_embeddings().weight.shape[0],
+            embedding_rows(model),
             len(tokenizer),
         )
     model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
@@ -517,3 +517,8 @@ def load_model(
             gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
         )
     return model
+
+
+def embedding_rows(model: Any) -> int:
+    """Rows of the input embedding matrix (the vocabulary size the model can take)."""
+    return int(model.get_input_embeddings().weight.shape[0])

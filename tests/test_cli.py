@@ -38,8 +38,9 @@ def test_console_script_and_module_agree():
 def test_unknown_key_exits_2_naming_file_line_and_suggestion_without_traceback(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model_name_or_path: x\nlearning_rte: 1.0e-5\n")
-    done = subprocess.run([sys.executable, "-m", "sft_recipes", "train", "--config", str(recipe)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "sft_recipes", "train", "--config", str(recipe)], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert f"{recipe}:2" in done.stderr and "did you mean `learning_rate`" in done.stderr
     assert "Traceback" not in done.stderr
@@ -48,8 +49,11 @@ def test_unknown_key_exits_2_naming_file_line_and_suggestion_without_traceback(t
 def test_debug_shows_the_traceback(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("learning_rte: 1.0e-5\n")
-    done = subprocess.run([sys.executable, "-m", "sft_recipes", "--debug", "validate", "--config", str(recipe)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "sft_recipes", "--debug", "validate", "--config", str(recipe)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
@@ -61,8 +65,10 @@ def test_unknown_command_exits_2():
 def test_accelerate_config_by_name_becomes_an_accelerate_launch_line():
     from sft_recipes.launch import launch_command
 
-    line = launch_command("train", ["--config", "r.yaml", "--accelerate_config", "zero3", "--num_processes", "2",
-                                    "--learning_rate", "1.0e-4"])
+    line = launch_command(
+        "train",
+        ["--config", "r.yaml", "--accelerate_config", "zero3", "--num_processes", "2", "--learning_rate", "1.0e-4"],
+    )
     assert line[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert line[4].endswith("accelerate_configs/zero3.yaml")
     assert line[5:7] == ["--num_processes", "2"]

@@ -217,9 +217,11 @@ def test_meta_skeleton_builds_inside_a_zero3_launch_and_leaves_zero3_on(llama_di
 
     keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
     try:
-        model = build_meta_model(SimpleNamespace(model_name_or_path=str(llama_dir), model_revision="main",
-                                                 cache_dir=None), SimpleNamespace(trust_remote_code=False),
-                                 "causal_lm")
+        model = build_meta_model(
+            SimpleNamespace(model_name_or_path=str(llama_dir), model_revision="main", cache_dir=None),
+            SimpleNamespace(trust_remote_code=False),
+            "causal_lm",
+        )
         assert all(p.device.type == "meta" for p in model.parameters())
         assert is_deepspeed_zero3_enabled() and keep is not None
     finally:

@@ -44,8 +44,10 @@ def test_every_vlm_fixture_dispatches_to_image_text_to_text_from_config_json(vlm
 
 
 def test_types_in_both_maps_follow_the_saved_architecture():
-    assert detect_model_kind({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}) \
+    assert (
+        detect_model_kind({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]})
         == IMAGE_TEXT_TO_TEXT
+    )
     assert detect_model_kind({"model_type": "gemma3", "architectures": ["Gemma3ForCausalLM"]}) == CAUSAL_LM
     assert detect_model_kind({"model_type": "qwen2"}) == CAUSAL_LM
     assert detect_model_kind({"model_type": "qwen2"}, override=IMAGE_TEXT_TO_TEXT) == IMAGE_TEXT_TO_TEXT
@@ -133,8 +135,9 @@ def test_default_lora_targets_are_the_seven_projections_of_llama_like_models(cau
         model = _load(path)
         targets = default_lora_targets(model, CAUSAL_LM)
         leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        expected = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-                    if t in leaves]
+        expected = [
+            t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") if t in leaves
+        ]
         assert targets == (expected or targets), family
         assert "lm_head" not in targets
 
@@ -145,8 +148,11 @@ def test_lora_trainable_count_is_sum_of_r_times_in_plus_out(llama_dir):
     model = _load(llama_dir)
     r = 4
     config = build_lora_config(model_args(use_peft=True, lora_r=r), model, CAUSAL_LM)
-    expected = sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in config.target_modules)
+    expected = sum(
+        r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in config.target_modules
+    )
     peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert trainable == expected > 0
@@ -166,8 +172,9 @@ def test_vlm_lora_leaves_the_vision_tower_and_projector_alone(vlm_dirs):
 
 def test_unknown_lora_targets_list_the_linear_modules_that_exist(llama_dir):
     with pytest.raises(RecipeError, match="q_proj"):
-        build_lora_config(model_args(use_peft=True, lora_target_modules=["query_key_value"]), _load(llama_dir),
-                          CAUSAL_LM)
+        build_lora_config(
+            model_args(use_peft=True, lora_target_modules=["query_key_value"]), _load(llama_dir), CAUSAL_LM
+        )
 
 
 def test_pad_policy_prefers_existing_then_unk_then_eos_then_adds():

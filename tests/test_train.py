@@ -33,8 +33,14 @@ def test_full_fine_tuning_changes_every_trainable_weight(tmp_path, llama_dir, de
 
 def test_lora_keeps_base_weights_bit_identical_and_trains_only_the_adapter(tmp_path, llama_dir, demo_data_path):
     before = load_file(llama_dir / "model.safetensors")
-    trainer = run(tmp_path, model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path), use_peft=True,
-                  lora_r=4, lora_alpha=8)
+    trainer = run(
+        tmp_path,
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+    )
     base = trainer.model.get_base_model()
     for name, param in base.named_parameters():
         if "lora_" in name:
@@ -49,9 +55,18 @@ def test_lora_keeps_base_weights_bit_identical_and_trains_only_the_adapter(tmp_p
 
 def test_qlora_trains_on_cpu_and_its_loss_falls(tmp_path, llama_dir, demo_data_path):
     pytest.importorskip("bitsandbytes")
-    trainer = run(tmp_path, model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path), use_peft=True,
-                  load_in_4bit=True, use_bnb_nested_quant=True, lora_r=8, lora_alpha=16, max_steps=12,
-                  learning_rate=5.0e-3)
+    trainer = run(
+        tmp_path,
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        use_peft=True,
+        load_in_4bit=True,
+        use_bnb_nested_quant=True,
+        lora_r=8,
+        lora_alpha=16,
+        max_steps=12,
+        learning_rate=5.0e-3,
+    )
     assert type(trainer.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     history = losses(trainer)
     assert sum(history[-3:]) / 3 < sum(history[:3]) / 3
@@ -68,8 +83,12 @@ def test_saved_model_reloads_generates_and_is_ready_for_inference(tmp_path, llam
     eos = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
     assert tokenizer.eos_token_id in eos and generation.pad_token_id not in eos
     model = AutoModelForCausalLM.from_pretrained(out)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "capital of Peru?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "capital of Peru?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     for name in ("recipe.yaml", "run_summary.json", "tokenizer.json", "generation_config.json"):
@@ -84,8 +103,14 @@ def test_merged_logits_equal_adapter_logits(tmp_path, llama_dir, demo_data_path)
 
     from sft_recipes.merge import merge_adapter
 
-    out = train(tmp_path, model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path), use_peft=True,
-                lora_r=4, max_steps=3)
+    out = train(
+        tmp_path,
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        use_peft=True,
+        lora_r=4,
+        max_steps=3,
+    )
     figures = merge_adapter(str(out), str(tmp_path / "merged"))
     assert figures["max_abs_merged_vs_adapter"] < 1e-4 < figures["max_abs_adapter_vs_base"]
     ids = torch.tensor([[5, 17, 42, 99, 3]])
@@ -98,15 +123,25 @@ def test_merged_logits_equal_adapter_logits(tmp_path, llama_dir, demo_data_path)
 
 def test_rope_scaling_is_applied_when_max_length_exceeds_the_context(tmp_path, llama_dir, demo_data_path):
     context = json.loads((llama_dir / "config.json").read_text())["max_position_embeddings"]
-    trainer = run(tmp_path, model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path),
-                  max_length=context * 2 + 1, max_steps=1)
+    trainer = run(
+        tmp_path,
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        max_length=context * 2 + 1,
+        max_steps=1,
+    )
     rope = trainer.model.config.rope_parameters
     assert rope["rope_type"] == "linear" and rope["factor"] == 3.0
 
 
 def test_added_pad_token_grows_embeddings_to_a_multiple_of_8(tmp_path, llama_dir, demo_data_path):
-    trainer = run(tmp_path, model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path),
-                  pad_token_policy="add", max_steps=1)
+    trainer = run(
+        tmp_path,
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        pad_token_policy="add",
+        max_steps=1,
+    )
     tokenizer = trainer.processing_class
     rows = trainer.model.get_input_embeddings().weight.shape[0]
     assert tokenizer.pad_token == "<|pad|>" and rows >= len(tokenizer) and rows % 8 == 0
@@ -116,16 +151,30 @@ def test_a_trl_sft_yaml_runs_unchanged(tmp_path, llama_dir, demo_data_path):
     """Only keys `trl sft` knows, parsed by TRL's own parser too."""
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
-    keys = dict(model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path), dtype="float32",
-                use_peft=True, lora_r=4, max_length=64, bf16=False, use_cpu=True, max_steps=2,
-                learning_rate=1.0e-3, report_to="none", output_dir=str(tmp_path / "out"),
-                eos_token="<|im_end|>", per_device_train_batch_size=2, gradient_checkpointing=False)
+    keys = dict(
+        model_name_or_path=str(llama_dir),
+        dataset_name=str(demo_data_path),
+        dtype="float32",
+        use_peft=True,
+        lora_r=4,
+        max_length=64,
+        bf16=False,
+        use_cpu=True,
+        max_steps=2,
+        learning_rate=1.0e-3,
+        report_to="none",
+        output_dir=str(tmp_path / "out"),
+        eos_token="<|im_end|>",
+        per_device_train_batch_size=2,
+        gradient_checkpointing=False,
+    )
     path = tmp_path / "trl.yaml"
     import yaml
 
     path.write_text(yaml.safe_dump(keys))
     TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)).parse_args_and_config(
-        ["--config", str(path)])
+        ["--config", str(path)]
+    )
     from sft_recipes.cli import main
 
     assert main(["train", "--config", str(path)]) == 0
