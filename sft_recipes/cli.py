@@ -118,6 +118,8 @@ def configure_logging(debug: bool) -> None:
     # TRL's own default (gradient_checkpointing=True) trips transformers' rename warning on every run.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated.*")
     warnings.filterwarnings("ignore", message=".*Failed to load CPU gemm_4bit_forward.*")
+    # bitsandbytes logs that it found no Hub kernel for CPU 4-bit matmuls; its own kernels then run, so say nothing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -103,20 +103,26 @@ class Context:
 # -- the trainer --------------------------------------------------------------------------------------------------
 
 
-def build_meta_model(model_args: Any, training_args: Any, kind: str) -> Any:
+def build_meta_model(model_args: Any, training_args: Any, kind: str, config_dict: dict[str, Any] | None = None) -> Any:
     """The model's architecture with every tensor on the meta device: SFTTrainer needs a model object, never its
-    weights, to prepare data (a 70B config costs nothing here)."""
+    weights, to prepare data (a 70B config costs nothing here). From config_dict when given (e.g. an offline
+    snapshot), else from the model's config.json."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     from sft_recipes.model import IMAGE_TEXT_TO_TEXT
 
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=training_args.trust_remote_code,
-    )
+    if config_dict is not None and config_dict.get("model_type"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        config = CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
+    else:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            cache_dir=model_args.cache_dir,
+            trust_remote_code=training_args.trust_remote_code,
+        )
     auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     with torch.device("meta"), _outside_zero3_init():
         return auto_class.from_config(config, trust_remote_code=training_args.trust_remote_code)

@@ -111,6 +111,25 @@ def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[s
     return config
 
 
+def load_config_or_snapshot(
+    model_args: Any, trust_remote_code: bool, recipe_path: str | None
+) -> tuple[dict[str, Any], Path | None]:
+    """config.json as load_config_dict reads it; when the hub cannot be reached, the architecture snapshot shipped
+    beside the recipe (recipes/<model>/config.json) instead, so planning and checks work offline. Returns the
+    snapshot's path when it was used."""
+    try:
+        return load_config_dict(model_args, trust_remote_code), None
+    except RecipeError:
+        snapshot = Path(recipe_path).parent / "config.json" if recipe_path else None
+        name = model_args.model_name_or_path or ""
+        if snapshot is None or not snapshot.is_file() or os.path.exists(os.path.expanduser(name)):
+            raise
+        import json
+
+        logger.warning("%s: config.json unreachable, using the architecture snapshot %s", name, snapshot)
+        return json.loads(snapshot.read_text()), snapshot
+
+
 def _known_model_types() -> set[str]:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 

@@ -994,9 +994,9 @@ def local_gpu_memory_gib() -> float | None:
 
 
 def _load_config(recipe: Any) -> dict[str, Any]:
-    from sft_recipes.model import load_config_dict
+    from sft_recipes.model import load_config_or_snapshot
 
-    return load_config_dict(recipe.model, recipe.training.trust_remote_code)
+    return load_config_or_snapshot(recipe.model, recipe.training.trust_remote_code, recipe.path)[0]
 
 
 def report(plan: Plan, gpu_memory_gib: float | None) -> dict[str, Any]:

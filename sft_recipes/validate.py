@@ -304,10 +304,18 @@ def check_attention(v: Validation) -> None:
 
 def check_model_files(v: Validation) -> None:
     """config.json, model kind, remote code and pickle weights; sets v.config and v.kind."""
-    from sft_recipes.model import detect_model_kind, load_config_dict, resolve_dtype
+    from sft_recipes.model import detect_model_kind, load_config_or_snapshot, resolve_dtype
 
     m, t = v.recipe.model, v.recipe.training
-    v.config = load_config_dict(m, t.trust_remote_code)
+    v.config, snapshot = load_config_or_snapshot(m, t.trust_remote_code, v.recipe.path)
+    if snapshot is not None:
+        v.add(
+            v.key("model_name_or_path"),
+            f"the hub is unreachable: checked against the architecture snapshot {snapshot}; tokenizer and data "
+            "checks still need the hub",
+            "run validate where the hub (or its cache) is reachable for the full check",
+            warning=True,
+        )
     v.kind = detect_model_kind(v.config, m.model_kind)
     _check_architecture(v)
     _check_pickle_weights(v)
@@ -403,7 +411,7 @@ def check_meta_model(v: Validation) -> None:
 
     m = v.recipe.model
     try:
-        model = build_meta_model(m, v.recipe.training, v.kind or "causal_lm")
+        model = build_meta_model(m, v.recipe.training, v.kind or "causal_lm", v.config or None)
     except Exception as err:  # noqa: BLE001 - any modelling-code failure: the checks below are skipped, said so
         v.add(
             m.model_name_or_path,

@@ -319,3 +319,18 @@ def test_json_output_has_the_same_numbers_as_the_table(tmp_path, capsys):
         assert f"{row['gib']:.2f}" in line
     assert f"{data['total_gib']:.2f}" in table and data["verdict"].split(" (")[0] in table.replace("\n", " ")
     assert data["max_micro_batch"] >= 1 and data["fits"] == (data["total_bytes"] <= 24 * GiB)
+
+
+def test_plan_of_a_shipped_recipe_works_offline_from_its_config_snapshot(capsys, monkeypatch):
+    """The hub is unreachable in tests: plan falls back to recipes/<model>/config.json and says so."""
+    import json as json_module
+    from pathlib import Path
+
+    from sft_recipes.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(["plan", "--config", "recipes/qwen2.5-1.5b-instruct/lora.yaml", "--gpu-memory", "24", "--json"]) == 0
+    plan = json_module.loads(capsys.readouterr().out)
+    assert 1.5e9 < plan["parameters"]["total"] < 1.6e9  # Qwen2.5-1.5B: 1.54B
+    assert plan["gpu_memory_gib"] == 24 and plan["total_gib"] < 24
