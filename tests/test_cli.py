@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,8 @@ def test_help_does_not_import_torch():
 
 def test_console_script_and_module_agree():
     module = subprocess.run([sys.executable, "-m", "sft_recipes", "--help"], capture_output=True, text=True).stdout
-    script = subprocess.run(["sft-recipes", "--help"], capture_output=True, text=True).stdout
+    console_script = Path(sys.executable).parent / "sft-recipes"  # installed beside this interpreter
+    script = subprocess.run([str(console_script), "--help"], capture_output=True, text=True).stdout
     assert module == script and "train" in script
 
 
