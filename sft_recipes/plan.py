@@ -889,7 +889,7 @@ def verdict_line(plan: Plan, gpu_memory_gib: float | None) -> str:
     """One line for `train` and `plan`: fits or not on this GPU size, and the cheapest fix."""
     peak = plan.total / GiB
     if gpu_memory_gib is None:
-        return f"peak {peak:.1f} GiB per GPU (no GPU here: pass --gpu-memory GiB for a verdict)"
+        return f"peak {peak:.1f} GiB per GPU (no GPU here: `sft-recipes plan --gpu-memory GiB` gives a verdict)"
     share = plan.total / (gpu_memory_gib * GiB)
     if plan.fits(gpu_memory_gib):
         return f"fits on {gpu_memory_gib:g} GiB: {peak:.1f} GiB peak per GPU ({share:.0%})"
