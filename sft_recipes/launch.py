@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 
@@ -89,3 +90,57 @@ def launch_if_requested(command: str, argv: list[str]) -> int | None:
         return None
     print("launching:", " ".join(line), file=sys.stderr, flush=True)
     return subprocess.call(line, env=os.environ.copy())
+
+
+def read_accelerate_config(name_or_path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """What an accelerate config asks for: mode (single, ddp, zero2, zero3, fsdp), parallelism (the planner's finer
+    name: zero3_offload, fsdp2), process count and mixed precision."""
+    import json
+
+    import yaml
+
+    path = resolve_accelerate_config(name_or_path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML")) from None
+    kind = config.get("distributed_type", "NO")
+    kind = "NO" if kind is False else str(kind).upper()  # YAML 1.1 reads an unquoted NO as false
+    processes = int((overrides or {}).get("num_processes", config.get("num_processes") or 1))
+    offload = False
+    if kind == "DEEPSPEED":
+        ds = config.get("deepspeed_config") or {}
+        stage = ds.get("zero_stage")
+        devices = [ds.get("offload_optimizer_device"), ds.get("offload_param_device")]
+        if ds.get("deepspeed_config_file"):
+            zero = json.loads(Path(ds["deepspeed_config_file"]).read_text()).get("zero_optimization", {})
+            stage = zero.get("stage", stage)
+            devices = [
+                (zero.get("offload_optimizer") or {}).get("device"),
+                (zero.get("offload_param") or {}).get("device"),
+            ]
+        mode = {3: "zero3", 2: "zero2", 1: "zero2"}.get(int(stage or 0), "ddp")
+        offload = any(d not in (None, "none") for d in devices)
+    elif kind == "FSDP":
+        mode = "fsdp"
+    elif kind == "NO":
+        mode = "ddp" if processes > 1 else "single"
+    elif kind.startswith("MULTI_"):
+        mode = "ddp"
+    else:
+        raise RecipeError(
+            Problem(
+                f"{path} (distributed_type)", f"unknown distributed_type {kind!r}", "NO, MULTI_GPU, DEEPSPEED or FSDP"
+            )
+        )
+    parallelism = {"fsdp": "fsdp2", "zero3": "zero3_offload" if offload else "zero3"}.get(mode, mode)
+    mixed = config.get("mixed_precision")
+    return {
+        "path": str(path),
+        "mode": mode,
+        "parallelism": parallelism,
+        "num_processes": processes,
+        "mixed_precision": "no" if mixed is False else mixed,
+    }

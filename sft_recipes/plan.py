@@ -901,28 +901,10 @@ def verdict_line(plan: Plan, gpu_memory_gib: float | None) -> str:
 # ------------------------------------------------------------------------------------------------------- command
 def parallelism_from_accelerate_config(path: str) -> tuple[str, int]:
     """(parallelism, number of processes) from an accelerate config YAML."""
-    import yaml
+    from sft_recipes.launch import read_accelerate_config
 
-    with open(path) as handle:
-        data = yaml.safe_load(handle) or {}
-    kind = str(data.get("distributed_type", "NO")).upper()
-    world = int(data.get("num_processes") or 1)
-    if kind == "DEEPSPEED":
-        ds = data.get("deepspeed_config") or {}
-        stage, offload = ds.get("zero_stage", 0), ds.get("offload_optimizer_device") or "none"
-        offload_param = ds.get("offload_param_device") or "none"
-        if ds.get("deepspeed_config_file"):
-            with open(ds["deepspeed_config_file"]) as handle:
-                zero = json.load(handle).get("zero_optimization", {})
-            stage = zero.get("stage", 0)
-            offload = (zero.get("offload_optimizer") or {}).get("device", "none")
-            offload_param = (zero.get("offload_param") or {}).get("device", "none")
-        if int(stage) == 3:
-            return ("zero3_offload" if "none" not in (offload, offload_param) else "zero3"), world
-        return ("zero2" if int(stage) in (1, 2) else "ddp"), world
-    if kind == "FSDP":
-        return "fsdp2", world
-    return ("ddp" if world > 1 else "single"), world
+    config = read_accelerate_config(path)
+    return config["parallelism"], config["num_processes"]
 
 
 def _dtype_name(model_args: Any, training_args: Any, config: dict[str, Any]) -> str:

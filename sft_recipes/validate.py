@@ -794,49 +794,6 @@ def _size(n: float) -> str:
 # -- accelerate config -----------------------------------------------------------------------------------------------
 
 
-def read_accelerate_config(name_or_path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """The distributed mode, process count and mixed precision an accelerate config asks for."""
-    import yaml
-
-    from sft_recipes.launch import resolve_accelerate_config
-
-    path = resolve_accelerate_config(name_or_path)
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML")) from None
-    kind = config.get("distributed_type", "NO")
-    kind = "NO" if kind is False else str(kind).upper()  # YAML 1.1 reads an unquoted NO as false
-    if kind == "DEEPSPEED":
-        ds = config.get("deepspeed_config") or {}
-        stage = ds.get("zero_stage")
-        if stage is None and ds.get("deepspeed_config_file"):
-            stage = json.loads(Path(ds["deepspeed_config_file"]).read_text()).get("zero_optimization", {}).get("stage")
-        mode = {3: "zero3", 2: "zero2"}.get(int(stage or 0), "ddp")
-    elif kind == "FSDP":
-        mode = "fsdp"
-    elif kind == "NO":
-        mode = "single"
-    elif kind.startswith("MULTI_"):
-        mode = "ddp"
-    else:
-        raise RecipeError(
-            Problem(
-                f"{path} (distributed_type)", f"unknown distributed_type {kind!r}", "NO, MULTI_GPU, DEEPSPEED or FSDP"
-            )
-        )
-    processes = (overrides or {}).get("num_processes", config.get("num_processes", 1))
-    mixed = config.get("mixed_precision")
-    return {
-        "path": str(path),
-        "mode": mode,
-        "num_processes": int(processes),
-        "mixed_precision": "no" if mixed is False else mixed,
-    }
-
-
 # -- the command -----------------------------------------------------------------------------------------------------
 
 
@@ -844,7 +801,7 @@ def main(argv: list[str]) -> int:
     import datasets
 
     from sft_recipes.config import parse_recipe
-    from sft_recipes.launch import split_launch_flags
+    from sft_recipes.launch import read_accelerate_config, split_launch_flags
 
     datasets.disable_progress_bars()  # validate prints a summary, not the loading of a 64-row sample
     flags, rest = split_launch_flags(argv)
