@@ -141,34 +141,34 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("text_config") or config
 
 
-def resolve_dtype(dtype: str | None, training_args: Any, config: dict[str, Any]) -> torch.dtype:
-    """A concrete torch dtype: "auto" follows the checkpoint, then the training precision."""
-    import torch
-
+def resolve_dtype_name(dtype: str | None, training_args: Any, config: dict[str, Any]) -> str:
+    """bfloat16, float16 or float32: "auto" follows the checkpoint, then the training precision. No torch needed."""
     if dtype in (None, "auto"):
-        saved = (
-            config.get("dtype")
-            or config.get("torch_dtype")
-            or text_config(config).get("dtype")
-            or text_config(config).get("torch_dtype")
-        )
-        if saved in DTYPES:
-            return getattr(torch, DTYPES[saved])
-        return compute_dtype(training_args)
+        text = text_config(config)
+        saved = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+        return DTYPES[saved] if saved in DTYPES else compute_dtype_name(training_args)
     if dtype not in DTYPES:
         raise RecipeError(Problem("dtype", f"unknown dtype {dtype!r}", "use auto, bfloat16, float16 or float32"))
-    return getattr(torch, DTYPES[dtype])
+    return DTYPES[dtype]
+
+
+def compute_dtype_name(training_args: Any) -> str:
+    """The precision training computes in; the QLoRA compute dtype follows it (FastChat)."""
+    if getattr(training_args, "bf16", False):
+        return "bfloat16"
+    return "float16" if getattr(training_args, "fp16", False) else "float32"
+
+
+def resolve_dtype(dtype: str | None, training_args: Any, config: dict[str, Any]) -> torch.dtype:
+    import torch
+
+    return getattr(torch, resolve_dtype_name(dtype, training_args, config))
 
 
 def compute_dtype(training_args: Any) -> torch.dtype:
-    """The precision training computes in; the QLoRA compute dtype follows it (FastChat)."""
     import torch
 
-    if getattr(training_args, "bf16", False):
-        return torch.bfloat16
-    if getattr(training_args, "fp16", False):
-        return torch.float16
-    return torch.float32
+    return getattr(torch, compute_dtype_name(training_args))
 
 
 def resolve_attn_implementation(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.model import text_config
 
 GiB = 2**30
 METHODS = ("full", "lora", "qlora", "8bit-lora")
@@ -146,13 +147,8 @@ _KNOWN_TYPES = {
 }
 
 
-def text_part(config: dict[str, Any]) -> dict[str, Any]:
-    """The language model's config of a VLM (its text_config), or the config itself."""
-    return config.get("text_config") or config
-
-
 def model_shape(config: dict[str, Any]) -> Shape:
-    text = text_part(config)
+    text = text_config(config)
     model_type = text.get("model_type") or config.get("model_type") or "unknown"
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if not text.get(k)]
     if missing:
@@ -907,23 +903,12 @@ def parallelism_from_accelerate_config(path: str) -> tuple[str, int]:
     return config["parallelism"], config["num_processes"]
 
 
-def _dtype_name(model_args: Any, training_args: Any, config: dict[str, Any]) -> str:
-    """model.resolve_dtype without torch: "auto" follows the checkpoint, then the training precision."""
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    dtype = model_args.dtype
-    if dtype in (None, "auto"):
-        text = text_part(config)
-        dtype = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
-        if not isinstance(dtype, str) or aliases.get(dtype, dtype) not in DTYPE_BYTES:
-            bf16, fp16 = getattr(training_args, "bf16", False), getattr(training_args, "fp16", False)
-            dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
-    return aliases.get(str(dtype), str(dtype))
-
-
 def plan_input_from_recipe(
     recipe: Any, config: dict[str, Any], parallelism: str = "single", world_size: int = 1
 ) -> PlanInput:
     """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json."""
+    from sft_recipes.model import resolve_dtype_name
+
     model, training = recipe.model, recipe.training
     if model.load_in_4bit:
         method = "qlora"
@@ -946,7 +931,7 @@ def plan_input_from_recipe(
         lora_r=model.lora_r,
         lora_targets=targets if isinstance(targets, str) or targets is None else tuple(targets),
         lora_dropout=model.lora_dropout,
-        dtype=_dtype_name(model, training, config),
+        dtype=resolve_dtype_name(model.dtype, training, config),
         micro_batch_size=training.per_device_train_batch_size,
         seq_len=training.max_length or DEFAULT_SEQ_LEN,
         gradient_checkpointing=bool(checkpointing),

@@ -122,7 +122,7 @@ def check_choices(v: Validation) -> None:
 
 
 def check_quantization(v: Validation) -> None:
-    from sft_recipes.model import compute_dtype
+    from sft_recipes.model import compute_dtype_name
 
     m, t = v.recipe.model, v.recipe.training
     if m.load_in_4bit and m.load_in_8bit:
@@ -144,7 +144,7 @@ def check_quantization(v: Validation) -> None:
             "quantized loading needs bitsandbytes, not installed",
             "pip install 'sft-recipes[quantization]'",
         )
-    compute = str(compute_dtype(t)).removeprefix("torch.")
+    compute = compute_dtype_name(t)
     if m.load_in_4bit and m.dtype in (None, "auto"):
         v.add(
             v.key("dtype") if "dtype" in v.recipe.explicit else "dtype",
@@ -201,10 +201,10 @@ def check_distribution(v: Validation, accelerate: dict[str, Any] | None) -> None
 
 
 def _check_quant_storage(v: Validation) -> None:
-    from sft_recipes.model import compute_dtype
+    from sft_recipes.model import compute_dtype_name
 
     m = v.recipe.model
-    compute = str(compute_dtype(v.recipe.training)).removeprefix("torch.")
+    compute = compute_dtype_name(v.recipe.training)
     storage = m.bnb_4bit_quant_storage
     if compute == "float32":
         v.add(
