@@ -531,10 +531,12 @@ def diagnose(ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -
     if statistics["truncated_examples"]:
         lengths = statistics["tokens_per_example"]
         cut = "split" if args.packing and args.packing_strategy == "bfd_split" else f"cut ({args.truncation_mode})"
+        verb = "is" if statistics["truncated_examples"] == 1 else "are"
         warn(
             "max_length",
-            f"{_count(statistics['truncated_examples'], 'example')} ({statistics['truncated_share']:.1%}) are longer "
-            f"than max_length {args.max_length} and are {cut}: what is cut off, EOS included, is never trained",
+            f"{_count(statistics['truncated_examples'], 'example')} ({statistics['truncated_share']:.1%}) {verb} "
+            f"longer than max_length {args.max_length} and {verb} {cut}: what is cut off, EOS included, is never "
+            "trained",
             f"raise max_length (p95 is {lengths['p95']} tokens, max {lengths['max']}), or filter long examples",
         )
     if stop and counts["intact_without_stop"]:
