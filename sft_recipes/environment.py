@@ -14,6 +14,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from sft_recipes.arguments import command_parser
 from sft_recipes.errors import error
 
 CORE = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
@@ -165,10 +166,14 @@ def print_table(info: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sft-recipes env", description="Print versions, accelerators and extras.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("env", __doc__)
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     info = collect()
     if args.json:
         json.dump(info, sys.stdout, indent=2)

@@ -10,6 +10,7 @@ Its `datasets.map` steps are cached: a later `train` of the same recipe reads th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import dataclasses
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sft_recipes.arguments import command_parser, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
 
 if TYPE_CHECKING:
@@ -674,30 +676,18 @@ def _quiet_datasets() -> Any:
             datasets.enable_progress_bars()
 
 
-def parse_args(argv: list[str]) -> tuple[int, str, str | None, list[str]]:
-    """(-n, --format, --out, the rest for the recipe parser)."""
-    rest: list[str] = []
-    n, fmt, out = 3, "text", None
-    values = iter(argv)
-    for arg in values:
-        name, _, inline = arg.partition("=")
-        if name not in ("-n", "--format", "--out"):
-            rest.append(arg)
-            continue
-        value = inline or next(values, None)
-        if value is None:
-            raise RecipeError(Problem(name, "missing its value", f"{name} VALUE"))
-        if name == "-n" and (not value.isdigit() or int(value) < 1):
-            raise RecipeError(Problem("-n", f"expected a positive number of rows, got {value!r}"))
-        if name == "--format" and value not in FORMATS:
-            raise RecipeError(Problem("--format", f"unknown format {value!r}", f"one of {', '.join(FORMATS)}"))
-        if name == "-n":
-            n = int(value)
-        elif name == "--format":
-            fmt = value
-        else:
-            out = value
-    return n, fmt, out, rest
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("inspect", __doc__, recipe=True)
+    parser.add_argument("-n", type=_positive, default=3, help="number of examples to show (default 3)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="text (terminal), html or json")
+    parser.add_argument("--out", help="write there instead of stdout")
+    return parser
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of rows, got {value!r}")
+    return int(value)
 
 
 def main(argv: list[str]) -> int:
@@ -705,7 +695,8 @@ def main(argv: list[str]) -> int:
 
     from sft_recipes.config import parse_recipe
 
-    n, fmt, out, rest = parse_args(argv)
+    args, rest = parse_with_recipe(build_parser(), argv)
+    n, fmt, out = args.n, args.format, args.out
     recipe = parse_recipe(rest)
     console = Console(stderr=True)
     spinner = "Preparing the data with TRL's SFTTrainer (meta-device model, no weights)"

@@ -10,15 +10,6 @@ from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 
-# Flags for accelerate launch, not for the recipe.
-LAUNCH_FLAGS = (
-    "accelerate_config",
-    "num_processes",
-    "num_machines",
-    "machine_rank",
-    "main_process_ip",
-    "main_process_port",
-)
 CONFIG_DIRS = (Path.cwd() / "accelerate_configs", Path(__file__).resolve().parent.parent / "accelerate_configs")
 
 
@@ -41,31 +32,9 @@ def resolve_accelerate_config(name_or_path: str) -> Path:
     )
 
 
-def split_launch_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate `--num_processes 8`-style launcher flags from the recipe's arguments."""
-    flags: dict[str, str] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        key = argv[i][2:].split("=", 1)[0] if argv[i].startswith("--") else None
-        if key in LAUNCH_FLAGS:
-            if "=" in argv[i]:
-                flags[key] = argv[i].split("=", 1)[1]
-                i += 1
-            else:
-                if i + 1 >= len(argv):
-                    raise RecipeError(Problem(argv[i], "missing its value"))
-                flags[key] = argv[i + 1]
-                i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return flags, rest
-
-
-def launch_command(command: str, argv: list[str]) -> list[str] | None:
-    """The `accelerate launch ... -m sft_recipes <command>` line, or None when no accelerate config was asked for."""
-    flags, rest = split_launch_flags(argv)
+def launch_command(command: str, flags: dict[str, str], rest: list[str]) -> list[str] | None:
+    """The `accelerate launch ... -m sft_recipes <command> REST` line, or None when no topology flag was given."""
+    flags = dict(flags)
     if not flags:
         return None
     if "accelerate_config" not in flags:
@@ -83,9 +52,9 @@ def launch_command(command: str, argv: list[str]) -> list[str] | None:
     return line + ["-m", "sft_recipes", command, *rest]
 
 
-def launch_if_requested(command: str, argv: list[str]) -> int | None:
+def launch_if_requested(command: str, flags: dict[str, str], rest: list[str]) -> int | None:
     """Run through accelerate launch if asked; None means: run here, in this process."""
-    line = launch_command(command, argv)
+    line = launch_command(command, flags, rest)
     if line is None:
         return None
     print("launching:", " ".join(line), file=sys.stderr, flush=True)

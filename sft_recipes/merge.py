@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sft_recipes.arguments import command_parser
 from sft_recipes.errors import Problem, RecipeError
 
 logger = logging.getLogger("sft_recipes")
@@ -147,14 +148,18 @@ def check_merge(figures: dict[str, float], dtype: Any) -> None:
         )
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sft-recipes merge", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("merge", __doc__)
     parser.add_argument("adapter_dir", help="output_dir of a LoRA/QLoRA run (adapter_config.json inside)")
     parser.add_argument("--out", help="where to save the merged model (default: ADAPTER_DIR/merged)")
     parser.add_argument("--base", help="base model (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     figures = merge_adapter(
         args.adapter_dir,
         args.out or str(Path(args.adapter_dir) / "merged"),

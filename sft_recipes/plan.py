@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model import text_config
 
@@ -1020,16 +1021,25 @@ def _gpu_memory_arg(value: str) -> float:
         return spec.memory_gib
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("plan", __doc__, recipe=True)
+    add_launch_flags(parser)
+    parser.add_argument(
+        "--gpu-memory",
+        metavar="GiB|NAME",
+        help="memory per GPU for the verdict, or a GPU name (default: the local GPU)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
 def main(argv: list[str]) -> int:
     from sft_recipes.config import parse_recipe
-    from sft_recipes.launch import resolve_accelerate_config, split_launch_flags
+    from sft_recipes.launch import resolve_accelerate_config
 
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--gpu-memory")
-    parser.add_argument("--json", action="store_true")
-    own, argv = parser.parse_known_args(argv)
+    own, rest = parse_with_recipe(build_parser(), argv)
     gpu_memory = _gpu_memory_arg(own.gpu_memory) if own.gpu_memory else None
-    flags, rest = split_launch_flags(argv)
+    flags = launch_flags(own)
     recipe = parse_recipe(rest)
     parallelism, world = "single", 1
     if "accelerate_config" in flags:

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sft_recipes.arguments import command_parser
 from sft_recipes.environment import require_extra
 from sft_recipes.errors import error
 
@@ -124,13 +125,17 @@ def check_replaceable(path: Path) -> None:
         raise error(str(path), "exists and is not a report written by sft-recipes", "choose another --out path")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sft-recipes report", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("report", __doc__)
     parser.add_argument("output_dir", type=Path, help="the output_dir of a training run")
     parser.add_argument(
         "--out", type=Path, help="PNG to write (default OUTPUT_DIR/report.png); the HTML goes beside it"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     source = find_trainer_state(args.output_dir)
     png = args.out or args.output_dir / "report.png"
     if png.suffix != ".png":

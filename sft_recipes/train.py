@@ -5,6 +5,7 @@ Usage: sft-recipes train --config recipes/<model>/<method>.yaml [--key value ...
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
 
 logger = logging.getLogger("sft_recipes")
@@ -22,16 +24,23 @@ SUMMARY = "run_summary.json"
 LOCK = ".sft_recipes.lock"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("train", __doc__, recipe=True)
+    add_launch_flags(parser)
+    return parser
+
+
 def main(argv: list[str]) -> int:
     from sft_recipes.launch import launch_if_requested
 
-    launched = launch_if_requested("train", argv)
+    args, rest = parse_with_recipe(build_parser(), argv)
+    launched = launch_if_requested("train", launch_flags(args), rest)
     if launched is not None:
         return launched
     from sft_recipes.config import parse_recipe
 
     try:
-        run(parse_recipe(argv))
+        run(parse_recipe(rest))
     finally:
         end_process_group()
     return 0

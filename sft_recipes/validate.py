@@ -5,6 +5,7 @@ Usage: sft-recipes validate --config recipes/<model>/<method>.yaml [--key value 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
 
 logger = logging.getLogger("sft_recipes")
@@ -797,14 +799,21 @@ def _size(n: float) -> str:
 # -- the command -----------------------------------------------------------------------------------------------------
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("validate", __doc__, recipe=True)
+    add_launch_flags(parser)
+    return parser
+
+
 def main(argv: list[str]) -> int:
     import datasets
 
     from sft_recipes.config import parse_recipe
-    from sft_recipes.launch import read_accelerate_config, split_launch_flags
+    from sft_recipes.launch import read_accelerate_config
 
     datasets.disable_progress_bars()  # validate prints a summary, not the loading of a 64-row sample
-    flags, rest = split_launch_flags(argv)
+    args, rest = parse_with_recipe(build_parser(), argv)
+    flags = launch_flags(args)
     problems: list[Problem] = []
     accelerate = None
     if "accelerate_config" in flags:

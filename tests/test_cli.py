@@ -65,17 +65,18 @@ def test_unknown_command_exits_2():
 
 
 def test_accelerate_config_by_name_becomes_an_accelerate_launch_line():
+    from sft_recipes.arguments import launch_flags, parse_with_recipe
     from sft_recipes.launch import launch_command
+    from sft_recipes.train import build_parser
 
-    line = launch_command(
-        "train",
-        ["--config", "r.yaml", "--accelerate_config", "zero3", "--num_processes", "2", "--learning_rate", "1.0e-4"],
-    )
+    argv = ["--config", "r.yaml", "--accelerate_config", "zero3", "--num_processes", "2", "--learning_rate", "1.0e-4"]
+    args, rest = parse_with_recipe(build_parser(), argv)
+    line = launch_command("train", launch_flags(args), rest)
     assert line[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert line[4].endswith("accelerate_configs/zero3.yaml")
     assert line[5:7] == ["--num_processes", "2"]
     assert line[7:] == ["-m", "sft_recipes", "train", "--config", "r.yaml", "--learning_rate", "1.0e-4"]
-    assert launch_command("train", ["--config", "r.yaml"]) is None
+    assert launch_command("train", {}, ["--config", "r.yaml"]) is None
 
 
 def test_unknown_accelerate_config_lists_the_bundled_ones():
@@ -83,4 +84,4 @@ def test_unknown_accelerate_config_lists_the_bundled_ones():
     from sft_recipes.launch import launch_command
 
     with pytest.raises(RecipeError, match="zero3"):
-        launch_command("train", ["--accelerate_config", "zero4"])
+        launch_command("train", {"accelerate_config": "zero4"}, [])

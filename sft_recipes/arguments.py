@@ -1,0 +1,89 @@
+"""Command-line conventions every command shares: its own argparse parser, and the recipe options.
+
+A command module holds `build_parser()` (cheap: no torch, transformers or TRL at import) and `main(argv)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+from sft_recipes.errors import Problem, RecipeError
+
+RECIPE_EPILOG = """The recipe is flat TRL YAML: keys of ModelConfig, ScriptArguments, trl.SFTConfig and the dataset
+mixture, plus an optional `env:` block. Flags after the command's own override the YAML (--learning_rate 1.0e-4);
+an unknown key is an error. `--help-all` lists every recipe key with its help."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse whose usage errors become RecipeError (a clean message and exit 2, a traceback only with --debug)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise RecipeError(Problem(self.prog, message, f"see `{self.prog} --help`"))
+
+
+class _HelpAll(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: typing.Any, **kwargs: typing.Any) -> None:
+        from sft_recipes.config import print_help_all
+
+        print_help_all()
+        parser.exit()
+
+
+def command_parser(name: str, doc: str | None, recipe: bool = False) -> CommandParser:
+    """A command's parser; `doc` is its module docstring, whose first line is the command's one-line summary.
+    With recipe=True it takes --config and --help-all; other flags are left for the recipe parser."""
+    parser = CommandParser(
+        prog=f"sft-recipes {name}",
+        description=summary(doc),
+        epilog=RECIPE_EPILOG if recipe else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    if recipe:
+        parser.add_argument("--config", metavar="RECIPE.yaml", help="the recipe (see recipes/README.md)")
+        parser.add_argument("--help-all", nargs=0, action=_HelpAll, help="every recipe key with its help (slow)")
+    return parser
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The command's own flags, and the arguments for the recipe parser (--config first, then the overrides)."""
+    args, rest = parser.parse_known_args(argv)
+    config = getattr(args, "config", None)
+    return args, (["--config", config] if config else []) + rest
+
+
+def summary(doc: str | None) -> str:
+    """A module docstring's first paragraph, on one line."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split()).rstrip(".")
+
+
+LAUNCH_FLAGS = (
+    "accelerate_config",
+    "num_processes",
+    "num_machines",
+    "machine_rank",
+    "main_process_ip",
+    "main_process_port",
+)
+
+
+def launch_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The topology flags that were given, as `accelerate launch` takes them."""
+    return {key: str(getattr(args, key)) for key in LAUNCH_FLAGS if getattr(args, key, None) is not None}
+
+
+def add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that pick a topology; train hands them to `accelerate launch`, validate and plan check against it."""
+    group = parser.add_argument_group("topology (accelerate launch)")
+    group.add_argument(
+        "--accelerate_config",
+        metavar="NAME|PATH",
+        help="a bundled accelerate config (single_gpu, multi_gpu, zero2, zero3, zero3_offload, fsdp2, fsdp2_qlora, "
+        "multi_node) or a path to one",
+    )
+    group.add_argument("--num_processes", type=int, help="processes in all (overrides the config)")
+    group.add_argument("--num_machines", type=int, help="machines (overrides the config)")
+    group.add_argument("--machine_rank", type=int, help="this machine's rank")
+    group.add_argument("--main_process_ip", help="the rank-0 machine's address")
+    group.add_argument("--main_process_port", type=int, help="the rank-0 machine's port")
