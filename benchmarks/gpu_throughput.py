@@ -149,7 +149,7 @@ def fitting_batch(case: Case, argv: list[str], dry: bool) -> tuple[int, dict]:
     """The case's batch, halved until sft_recipes.plan says it fits this GPU (checkpointing as the run will choose)."""
     from sft_recipes.config import parse_recipe
     from sft_recipes.model import load_config_dict
-    from sft_recipes.plan import local_gpu_memory_gib
+    from sft_recipes.plan.gpus import local_gpu_memory_gib
     from sft_recipes.train import apply_fast_defaults, memory_plan
 
     batch = case.batch

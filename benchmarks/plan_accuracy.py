@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from sft_recipes.plan import GiB, PlanInput, estimate
+from sft_recipes.plan.formula import estimate
+from sft_recipes.plan.gpus import GiB
+from sft_recipes.plan.inputs import PlanInput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

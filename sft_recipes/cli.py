@@ -15,7 +15,7 @@ COMMANDS = {
     "train": "sft_recipes.train",
     "validate": "sft_recipes.validate",
     "inspect": "sft_recipes.inspection",
-    "plan": "sft_recipes.plan",
+    "plan": "sft_recipes.plan.command",
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
     "env": "sft_recipes.environment",

@@ -95,8 +95,8 @@ def device_peak_flops() -> float | None:
     import torch
 
     try:
-        from sft_recipes.plan import gpu_spec
-    except ImportError:  # plan.py is optional for telemetry: no table means no MFU, training goes on
+        from sft_recipes.plan.gpus import gpu_spec
+    except ImportError:  # the plan package is optional for telemetry: no table means no MFU, training goes on
         return None
     spec = gpu_spec(torch.cuda.get_device_name())
     return spec.bf16_tflops * 1e12 if spec else None

@@ -132,7 +132,8 @@ def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     A value in the recipe or on the command line always wins. Attention is chosen at load time
     (sft_recipes.model.best_attn_implementation); packing is a recipe key, set where tests/test_packing.py proves
     packed == padded."""
-    from sft_recipes.plan import local_gpu_memory_gib, verdict_line
+    from sft_recipes.plan.fixes import verdict_line
+    from sft_recipes.plan.gpus import local_gpu_memory_gib
 
     training = recipe.training
     gpu_gib = None if training.use_cpu else local_gpu_memory_gib()
@@ -167,7 +168,8 @@ def default_dataset_num_proc() -> int | None:
 def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
     """sft_recipes.plan's estimate for this run as launched; None (with a warning) for a model it cannot model."""
     from sft_recipes.model import distributed_mode
-    from sft_recipes.plan import estimate, plan_input_from_recipe
+    from sft_recipes.plan.command import plan_input_from_recipe
+    from sft_recipes.plan.formula import estimate
 
     parallelism = PLAN_PARALLELISM[distributed_mode(recipe.training)]
     try:
@@ -183,7 +185,8 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
     against, TRL's default (on) stands."""
     from dataclasses import replace
 
-    from sft_recipes.plan import GiB, estimate
+    from sft_recipes.plan.formula import estimate
+    from sft_recipes.plan.gpus import GiB
 
     if gpu_memory_gib is None:
         return True, "no GPU to check the memory plan against (TRL's default)"

@@ -18,7 +18,9 @@ from runs import CPU_DEFAULTS
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM  # noqa: F401  (imported before fake_gpu: see there)
 
 from sft_recipes.model import best_attn_implementation, detect_model_kind, resolve_attn_implementation
-from sft_recipes.plan import GiB, estimate, plan_input_from_recipe
+from sft_recipes.plan.command import plan_input_from_recipe
+from sft_recipes.plan.formula import estimate
+from sft_recipes.plan.gpus import GiB
 from sft_recipes.train import PLAN_HEADROOM, apply_fast_defaults, checkpointing_decision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,21 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from sft_recipes.plan import (
-    CUDA_CONTEXT,
-    FRAGMENTATION,
-    GiB,
-    PlanInput,
-    activation_bytes,
-    count_parameters,
-    estimate,
-    gpu_spec,
-    lora_parameters,
-    main,
-    parallelism_from_accelerate_config,
-    plan_input_from_recipe,
-    verdict_line,
-)
+from sft_recipes.plan.activations import activation_bytes
+from sft_recipes.plan.command import main, parallelism_from_accelerate_config, plan_input_from_recipe
+from sft_recipes.plan.fixes import find_fixes, max_micro_batch, suggestions, verdict_line
+from sft_recipes.plan.formula import CUDA_CONTEXT, FRAGMENTATION, estimate
+from sft_recipes.plan.gpus import GiB, gpu_spec
+from sft_recipes.plan.inputs import PlanInput
+from sft_recipes.plan.shape import count_parameters, lora_parameters
 
 TINY = {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
 TINY_HEADS = {"num_attention_heads": 4, "num_key_value_heads": 2}
@@ -231,11 +223,11 @@ def test_suggestions_only_list_changes_that_fit():
     inp = PlanInput(published_config("Llama-3.1-8B"), method="full", gradient_checkpointing=False, micro_batch_size=8)
     plan = estimate(replace(inp, seq_len=4096))
     assert not plan.fits(24)
-    fixes = plan.fixes(24)
-    assert fixes and len(plan.suggestions(24)) == len(fixes)
+    fixes = find_fixes(plan, 24)
+    assert fixes and len(suggestions(plan, 24)) == len(fixes)
     for _, changes in fixes:
         assert estimate(replace(plan.input, **changes)).fits(24)
-    assert estimate(replace(inp, method="qlora", micro_batch_size=1, seq_len=512)).suggestions(80) == []
+    assert suggestions(estimate(replace(inp, method="qlora", micro_batch_size=1, seq_len=512)), 80) == []
     assert "does NOT fit on 24 GiB" in verdict_line(plan, 24) and "cheapest fix" in verdict_line(plan, 24)
 
 
@@ -243,7 +235,7 @@ def test_max_micro_batch_is_monotone_and_is_the_largest_that_fits():
     plan = estimate(PlanInput(published_config("Qwen2.5-1.5B"), method="lora", seq_len=2048))
     previous = 0
     for gib in (8, 16, 24, 40, 80):
-        best = plan.max_micro_batch(gib)
+        best = max_micro_batch(plan, gib)
         assert best >= previous
         previous = best
         if best:
