@@ -14,7 +14,7 @@ from typing import Any
 
 from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model import text_config
+from sft_recipes.model.kind import text_config
 
 GiB = 2**30
 METHODS = ("full", "lora", "qlora", "8bit-lora")
@@ -908,7 +908,7 @@ def plan_input_from_recipe(
     recipe: Any, config: dict[str, Any], parallelism: str = "single", world_size: int = 1
 ) -> PlanInput:
     """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json."""
-    from sft_recipes.model import resolve_dtype_name
+    from sft_recipes.model.kind import resolve_dtype_name
 
     model, training = recipe.model, recipe.training
     if model.load_in_4bit:
@@ -962,7 +962,7 @@ def local_gpu_memory_gib() -> float | None:
 
 
 def _load_config(recipe: Any) -> dict[str, Any]:
-    from sft_recipes.model import load_config_or_snapshot
+    from sft_recipes.model.kind import load_config_or_snapshot
 
     return load_config_or_snapshot(recipe.model, recipe.training.trust_remote_code, recipe.path)[0]
 

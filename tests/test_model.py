@@ -10,19 +10,12 @@ import pytest
 import torch
 
 from sft_recipes.errors import RecipeError
-from sft_recipes.model import (
-    CAUSAL_LM,
-    IMAGE_TEXT_TO_TEXT,
-    apply_pad_policy,
-    build_lora_config,
-    build_quantization_config,
-    default_lora_targets,
-    detect_model_kind,
-    get_kbit_device_map,
-    resolve_attn_implementation,
-    resolve_dtype,
-    rope_scaling_plan,
-)
+from sft_recipes.model.attention import resolve_attn_implementation
+from sft_recipes.model.kind import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
+from sft_recipes.model.loading import rope_scaling_plan
+from sft_recipes.model.lora import build_lora_config, default_lora_targets
+from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.tokenizer import apply_pad_policy
 
 
 def model_args(**overrides):
