@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sft_recipes.environment import has_package
 from sft_recipes.errors import Problem, RecipeError
 
 logger = logging.getLogger("sft_recipes")
@@ -17,14 +18,12 @@ def resolve_attn_implementation(
 ) -> str | None:
     """The attention implementation to load with; a missing flash-attn falls back to sdpa (eager for models without
     sdpa support, e.g. Gemma-2) unless strict. "auto" or unset: best_attn_implementation for these weights."""
-    from importlib.util import find_spec
-
     if requested in (None, "auto"):
         choice, why = best_attn_implementation(config or {}, dtype)
         logger.info("Attention: %s (%s)", choice, why)
         return choice
     package = FLASH_PACKAGES.get(requested or "")
-    if package is None or find_spec(package) is not None:
+    if package is None or has_package(package):
         return requested
     if strict:
         raise RecipeError(
@@ -50,8 +49,6 @@ def best_attn_implementation(config: dict[str, Any], dtype: Any = None) -> tuple
     9.x), flash_attention_2 from Ampere on (8.0+), each only with its package installed and 16-bit weights (the
     kernels have no fp32 path); else sdpa, else eager (models without sdpa support, e.g. Gemma-2). Hub kernels
     (`kernels-community/...`) are never picked by themselves: they are fetched from the hub at load time."""
-    from importlib.util import find_spec
-
     import torch
 
     fallback = "sdpa" if supports_sdpa(config) else "eager"
@@ -62,9 +59,9 @@ def best_attn_implementation(config: dict[str, Any], dtype: Any = None) -> tuple
     if not _model_class_flag(config, "_supports_flash_attn"):
         return fallback, f"{config.get('model_type')} has no flash attention support in transformers"
     major, minor = torch.cuda.get_device_capability()
-    if major == 9 and find_spec(FLASH_PACKAGES["flash_attention_3"]) is not None:
+    if major == 9 and has_package(FLASH_PACKAGES["flash_attention_3"]):
         return "flash_attention_3", f"flash-attn 3 installed, GPU compute capability {major}.{minor}"
-    if major >= 8 and find_spec(FLASH_PACKAGES["flash_attention_2"]) is not None:
+    if major >= 8 and has_package(FLASH_PACKAGES["flash_attention_2"]):
         return "flash_attention_2", f"flash-attn installed, GPU compute capability {major}.{minor}"
     if major < 8:
         return fallback, f"GPU compute capability {major}.{minor}: flash attention needs 8.0 or newer"

@@ -31,6 +31,7 @@ DTYPES = {
 def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
     """causal_lm or image_text_to_text, from config.json alone. The image-text map is checked first: 14 model types
     (gemma3, llama4, mllama, ...) are in both maps."""
+    import transformers
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
@@ -53,16 +54,10 @@ def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
     raise RecipeError(
         Problem(
             "model_name_or_path",
-            f"model_type {model_type!r} is unknown to transformers {_version('transformers')}",
+            f"model_type {model_type!r} is unknown to transformers {transformers.__version__}",
             "upgrade transformers, or check config.json",
         )
     )
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[str, Any]:
