@@ -49,7 +49,8 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, detect_model_kind, embedding_rows
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind
+    from sft_recipes.model.loading import embedding_rows
 
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").is_file():
