@@ -48,7 +48,7 @@ class Conversation:
 
     def messages(self, turns: list[tuple[str, str]]) -> list[dict[str, Any]]:
         pairs = ([("system", self.system)] if self.system else []) + turns
-        messages = []
+        messages: list[dict[str, Any]] = []
         image = self.image
         for role, text in pairs:
             if not self.run.is_vlm:

@@ -232,11 +232,13 @@ def load_trained(
         "use_safetensors": None if layout.recipe.get("allow_pickle_weights") else True,
     }
     logger.info("Loading %s", layout.describe())
+    model: Any
     try:
         if layout.weights == "adapter":
             model = _load_adapter(layout, auto_class, dtype, device, common)
         else:
-            model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common).to(device)
+            model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common)
+            model = model.to(device)
     except OSError as err:
         raise RecipeError(
             Problem(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX)

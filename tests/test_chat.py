@@ -118,21 +118,39 @@ def image_path(tmp_path):
     return path
 
 
-def test_vlm_chat_sends_the_image_through_the_processor(tmp_path, capsys, image_path):
-    from sft_recipes.chat import Conversation, open_image
+def vlm_lora_run(tmp_path, image_path):
+    """A llava LoRA run of three steps on rows that each show the image."""
+    from runs import train
+
     from sft_recipes.tiny import build_vlm
+
+    user = [{"type": "image"}, {"type": "text", "text": "What colour is this?"}]
+    row = {"images": [str(image_path)], "messages": [{"role": "user", "content": user}]}
+    row["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "It is red."}]})
+    (tmp_path / "vision.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    base = build_vlm("llava", tmp_path / "llava")
+    keys = {"max_length": None, "use_peft": True, "lora_r": 4, "max_steps": 3, "per_device_train_batch_size": 2}
+    return train(tmp_path, model_name_or_path=str(base), dataset_name=str(tmp_path / "vision.jsonl"), **keys)
+
+
+def test_vlm_adapter_run_chats_about_the_image_through_its_processor(tmp_path, capsys, image_path):
+    from sft_recipes.chat import Conversation, open_image
     from sft_recipes.trained import load_trained
 
-    vlm = build_vlm("llava", tmp_path / "llava")
-    run = load_trained(vlm)
-    assert run.is_vlm and type(run.processing_class).__name__ == "LlavaProcessor"
+    out_dir = vlm_lora_run(tmp_path, image_path)
+    run = load_trained(out_dir)
+    assert run.is_vlm and run.layout.weights == "adapter"
+    assert type(run.processing_class).__name__ == "LlavaProcessor"
+    question = "What colour is this?"
     conversation = Conversation(run, image=open_image(str(image_path)))
-    inputs = run.encode(conversation.messages([("user", "Describe the picture."), ("assistant", "A"), ("user", "B")]))
+    inputs = run.encode(conversation.messages([("user", question), ("assistant", "A"), ("user", "B")]))
     image_token = run.tokenizer.convert_tokens_to_ids("<image>")
     assert inputs["pixel_values"].shape[0] == 1  # one image, on the first user turn only
     assert int((inputs["input_ids"] == image_token).sum()) == 16  # (32 / 8)^2 patches
-    code, out, _ = chat(capsys, vlm, "--image", image_path, *prompts("Describe the picture."), "--max_new_tokens", "8")
-    alone = Conversation(run, image=open_image(str(image_path))).ask("Describe the picture.", max_new_tokens=8)
+    code, out, _ = chat(
+        capsys, out_dir, "--image", image_path, *prompts("What colour is this?"), "--max_new_tokens", "8"
+    )
+    alone = Conversation(run, image=open_image(str(image_path))).ask("What colour is this?", max_new_tokens=8)
     assert code == 0 and out == alone + "\n"
 
 
