@@ -256,11 +256,25 @@ def _load_processing_class(layout: RunLayout) -> Any:
     saved = (layout.path / "tokenizer_config.json").is_file()
     source = layout.path if saved or layout.base is None else layout.base
     loader = AutoProcessor if layout.kind == IMAGE_TEXT_TO_TEXT else AutoTokenizer
-    processing_class = loader.from_pretrained(
-        source,
-        revision=None if source == layout.path else layout.recipe.get("model_revision"),
-        trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
-    )
+    if isinstance(source, Path) and not (source / "tokenizer_config.json").is_file():
+        raise RecipeError(
+            Problem(str(source), "holds no tokenizer (tokenizer_config.json)", "copy the base model's tokenizer files")
+        )
+    try:
+        processing_class = loader.from_pretrained(
+            source,
+            revision=None if source == layout.path else layout.recipe.get("model_revision"),
+            trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeError(
+            Problem(
+                str(source),
+                f"cannot load the {'processor' if loader is AutoProcessor else 'tokenizer'}: "
+                f"{' '.join(str(err).split())[:300]}",
+                "a run folder holds the tokenizer files train saved; copy them from the base model",
+            )
+        ) from None
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     tokenizer.padding_side = "left"  # generation appends on the right
     return processing_class

@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from trained_runs import DEMO_CHECKPOINT
 
 from sft_recipes.errors import RecipeError
 from sft_recipes.tiny import DEMO_PROMPTS
@@ -78,8 +77,8 @@ def test_adapter_checkpoint_loads_its_own_adapter_with_the_runs_recipe(qlora_run
     assert any(not torch.equal(saved[k], final[k]) for k in saved)  # step 2, not the final adapter
 
 
-def test_full_checkpoint_loads_its_weights_ready_for_generation(demo_run_dir):
-    checkpoint = demo_run_dir / f"checkpoint-{DEMO_CHECKPOINT}"
+def test_full_checkpoint_loads_its_weights_ready_for_generation(demo_run_dir, demo_checkpoint_dir):
+    checkpoint = demo_checkpoint_dir
     assert json.loads((checkpoint / "config.json").read_text())["use_cache"] is False  # saved mid-training
     run = load_trained(checkpoint)
     assert (run.layout.weights, run.layout.source) == ("full", "checkpoint")
@@ -125,3 +124,9 @@ def test_adapter_whose_base_is_unreachable_names_it_and_the_base_override(
     message = problem(adapter)
     assert base in message and "--base" in message
     assert load_trained(adapter, base=str(demo_base_dir)).layout.base == str(demo_base_dir)
+
+
+def test_a_model_folder_without_tokenizer_files_is_named(tmp_path, demo_base_dir):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(demo_base_dir / name, tmp_path / name)
+    assert "holds no tokenizer" in problem(tmp_path)

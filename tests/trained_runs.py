@@ -67,6 +67,11 @@ def demo_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, 
 
 
 @pytest.fixture(scope="session")
+def demo_checkpoint_dir(demo_run_dir: Path) -> Path:
+    return demo_run_dir / f"checkpoint-{DEMO_CHECKPOINT}"
+
+
+@pytest.fixture(scope="session")
 def lora_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, demo_data_file: Path) -> Path:
     def build(root: Path) -> Path:
         return train(
