@@ -1,7 +1,7 @@
 """A trained run loaded for inference: full weights, an adapter on its base, a merged folder or a checkpoint.
 
-`locate_run` reads what a folder holds (no weights, no torch); `load_trained` loads it with the run's own chat
-template, generation config and EOS ids, the adapter's base quantized the way it was trained.
+`locate_run` reads what a folder holds (its small files, never the weights); `load_trained` loads it with the run's
+own chat template, generation config and EOS ids, the adapter's base quantized the way it was trained.
 """
 
 from __future__ import annotations
