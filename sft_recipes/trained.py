@@ -14,16 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model import (
-    IMAGE_TEXT_TO_TEXT,
-    build_quantization_config,
-    compute_dtype,
-    detect_model_kind,
-    embedding_rows,
-    get_kbit_device_map,
-    resolve_dtype,
-    text_config,
-)
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
+from sft_recipes.model.loading import embedding_rows
+from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
 
 logger = logging.getLogger("sft_recipes")
 
