@@ -232,3 +232,18 @@ def stop_ids(model_dir: str | Path, tokenizer: Any) -> set[int]:
     eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
     ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     return ids | {tokenizer.eos_token_id}
+
+
+# The tiny VLM each vision family builds on (sft_recipes.tiny.VLM_FAMILIES): SmolVLM2's own processor needs
+# torchvision for its video processor, so its template and tokens run on the Idefics3 processor it derives from.
+VLM_ARCHITECTURES = {"llava-1.5": "llava", "smolvlm2": "idefics3", "gemma-3": "gemma3"}
+
+
+def build_family_vlm(name: str, out_dir: str | Path) -> Path:
+    """A tiny VLM whose processor carries the family's real special tokens and chat template."""
+    from sft_recipes.tiny import build_vlm
+
+    family = chat_family(name)
+    return build_vlm(
+        VLM_ARCHITECTURES[name], out_dir, tokenizer=build_family_tokenizer(name), chat_template=family.chat_template
+    )
