@@ -93,3 +93,20 @@ def test_every_recipe_with_a_template_file_uses_one_that_marks_generation():
             template = ROOT / recipe["chat_template_path"]
             assert template.is_file(), path
             assert GENERATION_TAG.search(template.read_text()), path
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_template_file_exists_only_where_trl_has_no_faithful_marked_copy(name):
+    from helpers.chat_families import build_family_tokenizer
+    from trl.chat_template_utils import get_training_chat_template
+
+    from sft_recipes.template_fidelity import render_differences
+
+    # The file names match the fixture families; their tokenizers carry the shipped template.
+    tokenizer = build_family_tokenizer(name.removesuffix(".jinja"))
+    try:
+        trl_copy = get_training_chat_template(tokenizer)
+    except ValueError:
+        return  # TRL has no marked copy of this template
+    assert trl_copy is not None, "the shipped template has markers of its own: drop the file"
+    assert render_differences(tokenizer, trl_copy), f"TRL's marked copy renders like the shipped one: drop {name}"
