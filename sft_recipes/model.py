@@ -257,20 +257,11 @@ def supports_sdpa(config: dict[str, Any]) -> bool:
 
 
 def distributed_mode(training_args: Any = None) -> str:
-    """single, ddp, zero2, zero3 or fsdp, from what accelerate launch / the TrainingArguments say."""
-    env = os.environ
-    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    deepspeed = getattr(training_args, "deepspeed", None)
-    if deepspeed is not None and stage is None:
-        import json
+    """single, ddp, zero2, zero3 or fsdp: sft_recipes.topology's mode under the name this module still tests."""
+    from sft_recipes.topology import Topology
 
-        ds = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
-        stage = str(ds.get("zero_optimization", {}).get("stage", 0))
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
-        return "zero3" if stage == "3" else "zero2" if stage == "2" else "ddp"
-    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or getattr(training_args, "fsdp", None):
-        return "fsdp"
-    return "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else "single"
+    mode = Topology.from_env(training_args).mode
+    return "fsdp" if mode == "fsdp2" else mode
 
 
 def get_kbit_device_map(mode: str) -> dict[str, int] | None:

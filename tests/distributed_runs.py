@@ -45,12 +45,14 @@ def cpu_accelerate_config(name: str, directory: Path, **overrides: object) -> Pa
     config = yaml.safe_load((SHIPPED_CONFIGS / f"{name}.yaml").read_text())
     config.pop("gpu_ids", None)
     config.update(
-        num_machines=1,
-        num_processes=WORLD_SIZE,
-        machine_rank=0,
-        mixed_precision="no",  # bf16 on CPU would make the comparison loose; fp32 keeps it tight
-        main_process_port=free_port(),
-        **overrides,
+        {
+            "num_machines": 1,
+            "num_processes": WORLD_SIZE,
+            "machine_rank": 0,
+            "mixed_precision": "no",  # bf16 on CPU would make the comparison loose; fp32 keeps it tight
+            "main_process_port": free_port(),
+            **overrides,
+        }
     )
     path = directory / f"{name}-cpu.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

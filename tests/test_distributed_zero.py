@@ -80,6 +80,17 @@ def test_zero3_full_fine_tuning_without_gathering_on_save_stops_before_loading_w
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_config_in_bf16_launches_an_fp32_recipe_in_fp32(setup, tmp_path):
+    # The shipped mixed_precision (bf16) against a recipe with bf16: false: DeepSpeed refused it ("ds bf16.enabled=True
+    # vs hf bf16=False") until the launcher passed the recipe's precision; now the run is the fp32 single-process one.
+    config = cpu_accelerate_config("zero3", tmp_path, mixed_precision="bf16")
+    run = launched_ok(launch(setup.recipe("full"), config, tmp_path / "out"), "zero3")
+    assert "--mixed_precision no" in run.log
+    setup.assert_reproduces_reference(run, "full")
+
+
 def _zero3() -> dict:
     return yaml.safe_load((SHIPPED_CONFIGS / "zero3.yaml").read_text())["deepspeed_config"]
 
