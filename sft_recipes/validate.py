@@ -712,7 +712,7 @@ def _report_untrained_eos(v: Validation, count: int, of: int) -> None:
 
 def check_output_dir(v: Validation) -> None:
     """#19 a finished run in output_dir, a live run writing there, and #20 the disk space checkpoints will take."""
-    from sft_recipes.train import lock_holder, resume_checkpoint
+    from sft_recipes.run_dir import lock_holder, resume_checkpoint
 
     t, s = v.recipe.training, v.recipe.script
     out = t.output_dir
