@@ -20,9 +20,6 @@ LOCK = ".sft_recipes.lock"  # flock'ed by filelock while a run writes here
 LOCK_HOLDER = ".sft_recipes.lock.pid"  # the holder's pid, for the refusal message
 
 
-# -- checkpoints --------------------------------------------------------------------------------------------------
-
-
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Every checkpoint-N folder, by step (checkpoint-10 after checkpoint-9), complete or not."""
     root = Path(output_dir)
@@ -94,9 +91,6 @@ def checkpoint_marker(training_args: Any) -> Any:
     return CheckpointMarker()
 
 
-# -- resume ---------------------------------------------------------------------------------------------------------
-
-
 def resume_checkpoint(output_dir: str, requested: str | bool | None, overwrite: bool) -> str | None:
     """The checkpoint to resume from: the requested one, else the last complete one in output_dir."""
     if isinstance(requested, str) and requested not in ("True", "true"):
@@ -121,9 +115,6 @@ def resume_checkpoint(output_dir: str, requested: str | bool | None, overwrite: 
         )
     done = completed_checkpoints(output_dir)
     return str(done[-1]) if done else None
-
-
-# -- the lock -------------------------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -186,9 +177,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# -- what the run leaves: the resolved recipe and its summary --------------------------------------------------------
 
 
 def finished(output_dir: str | Path) -> bool:

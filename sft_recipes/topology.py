@@ -31,10 +31,6 @@ class Topology:
         return self.mode in ("zero3", "fsdp2")
 
     @property
-    def deepspeed(self) -> bool:
-        return self.mode in ("zero2", "zero3")
-
-    @property
     def parallelism(self) -> str:
         """The memory planner's name for it: the mode, with ZeRO-3's offload as its own case."""
         return "zero3_offload" if self.mode == "zero3" and self.offload else self.mode
@@ -54,6 +50,7 @@ class Topology:
         per_machine = int(env.get("LOCAL_WORLD_SIZE", processes) or processes)
         deepspeed = getattr(training_args, "deepspeed", None)
         fsdp = getattr(training_args, "fsdp", None)
+        precision = recipe_precision(training_args)  # what TrainingArguments trains in, whatever accelerate exported
         offload = False
         if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
             stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
@@ -73,7 +70,7 @@ class Topology:
             offload=offload,
             num_processes=processes,
             num_machines=max(1, processes // max(per_machine, 1)),
-            mixed_precision=recipe_precision(training_args) if training_args is not None else "no",
+            mixed_precision=env.get("ACCELERATE_MIXED_PRECISION", "no") if training_args is None else precision,
         )
 
     @classmethod
