@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from accelerate_launch import launch_env
+from rank_env import launch_env
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from accelerate_launch import launch_env
+from rank_env import launch_env
 
 from sft_recipes.errors import RecipeError
 from sft_recipes.topology import Topology
