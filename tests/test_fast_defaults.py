@@ -17,12 +17,13 @@ import yaml
 from runs import CPU_DEFAULTS
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM  # noqa: F401  (imported before fake_gpu: see there)
 
+from sft_recipes import train
 from sft_recipes.model.attention import best_attn_implementation, resolve_attn_implementation
 from sft_recipes.model.kind import detect_model_kind
 from sft_recipes.plan.command import plan_input_from_recipe
 from sft_recipes.plan.formula import estimate
 from sft_recipes.plan.gpus import GiB
-from sft_recipes.train import PLAN_HEADROOM, apply_fast_defaults, checkpointing_decision
+from sft_recipes.train import apply_fast_defaults, checkpointing_decision, plan_headroom
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "demo")
@@ -155,10 +156,44 @@ def test_checkpointing_goes_off_only_when_the_plan_fits_without_it_with_headroom
     plan = qwen_full_plan(tmp_path)
     need = estimate(replace(plan.input, gradient_checkpointing=False)).total / GiB
     assert need > plan.total / GiB  # checkpointing does save memory in this plan
-    assert checkpointing_decision(plan, need / PLAN_HEADROOM + 0.5)[0] is False
-    on, why = checkpointing_decision(plan, need / PLAN_HEADROOM - 0.5)
+    headroom, _ = plan_headroom()
+    assert checkpointing_decision(plan, need / headroom + 0.5)[0] is False
+    on, why = checkpointing_decision(plan, need / headroom - 0.5)
     assert on is True and "needs it" in why
     assert checkpointing_decision(plan, None) == (True, "no GPU to check the memory plan against (TRL's default)")
+
+
+def test_an_uncalibrated_plan_turns_checkpointing_off_only_within_70_percent_of_the_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "GPU_PLAN_RATIO", None)
+    plan = qwen_full_plan(tmp_path)
+    need = estimate(replace(plan.input, gradient_checkpointing=False)).total / GiB
+    assert plan_headroom()[0] == 0.7
+    on, why = checkpointing_decision(plan, need / 0.8)  # the plan fills 80%: fine for a calibrated one, not here
+    assert on is True and "not calibrated on a GPU" in why
+    on, why = checkpointing_decision(plan, need / 0.7 + 0.1)
+    assert on is False and "70%" in why and "not calibrated on a GPU" in why
+
+
+@pytest.mark.parametrize(("ratio", "headroom"), [(0.95, 0.855), (0.8, 0.72), (1.2, 0.9)])
+def test_measured_gpu_ratios_narrow_the_margin_never_past_90_percent(tmp_path, monkeypatch, ratio, headroom):
+    """A plan that underestimated the GPU by 5% may fill 0.9 * 0.95 of it; one that overestimated gains nothing."""
+    monkeypatch.setattr(train, "GPU_PLAN_RATIO", ratio)
+    assert plan_headroom()[0] == pytest.approx(headroom)
+    plan = qwen_full_plan(tmp_path)
+    need = estimate(replace(plan.input, gradient_checkpointing=False)).total / GiB
+    assert checkpointing_decision(plan, need / headroom + 0.1)[0] is False
+    on, why = checkpointing_decision(plan, need / headroom - 0.1)
+    assert on is True and "GPU-calibrated" in why
+
+
+def test_the_margin_narrows_only_on_gpu_ratios_committed_in_the_benchmark_results():
+    measured = ROOT / "benchmarks" / "results" / "plan_accuracy_cuda.json"
+    if not measured.is_file():
+        assert train.GPU_PLAN_RATIO is None, "GPU_PLAN_RATIO needs benchmarks/results/plan_accuracy_cuda.json"
+        return
+    ratios = [row["ratio"] for row in json.loads(measured.read_text())["rows"] if "ratio" in row]
+    assert ratios, f"{measured} holds no measured case"
+    assert train.GPU_PLAN_RATIO is not None and min(ratios) >= train.GPU_PLAN_RATIO
 
 
 def write_unset_recipe(tmp_path, llama_dir, demo_data_path, **keys):
