@@ -28,6 +28,9 @@ test: ## the offline test suite (CPU)
 test-gpu: ## tests marked gpu (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu tests
 
+gpu-check: ## one CUDA GPU, < 8 min: gpu tests, throughput, planner calibration -> benchmarks/results/ (CPU: says so)
+	$(BIN)/python scripts/gpu_check.py
+
 bench: ## CPU benchmarks; JSON to stdout and benchmarks/results/
 	for script in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$script || exit 1; done
 
