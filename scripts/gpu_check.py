@@ -30,8 +30,7 @@ THROUGHPUT_STEPS = 12  # logged every 2 steps: 5 intervals after the warm-up one
 class Stage:
     name: str
     command: list[str]
-    cap_s: float  # the most this stage may take
-    reserve_s: float  # kept back for the stages after it
+    cap_s: float  # the most this stage may take; the caps add up to BUDGET_S at most
     result: str | None = None  # the JSON file it writes into benchmarks/results/
 
 
@@ -43,20 +42,21 @@ def stages(dry: bool) -> list[Stage]:
     plan = [python, "benchmarks/plan_accuracy.py", "--device", "cuda", "--quick"]
     if dry:
         return [
-            Stage("gpu tests (collected)", [*tests, "--collect-only"], 300, 0),
-            Stage("throughput (dry run)", [*throughput, "--dry-run"], 900, 0),
-            Stage("planner calibration (dry run)", [*plan, "--dry-run"], 600, 0),
+            Stage("gpu tests (collected)", [*tests, "--collect-only"], 300),
+            Stage("throughput (dry run)", [*throughput, "--dry-run"], 900),
+            Stage("planner calibration (dry run)", [*plan, "--dry-run"], 600),
         ]
     return [
-        Stage("gpu tests", tests, 90, 330),
-        Stage("throughput", [*throughput, "--steps", str(THROUGHPUT_STEPS)], 280, 90, "gpu_throughput.json"),
-        Stage("planner calibration", plan, 120, 0, "plan_accuracy_cuda.json"),
+        Stage("gpu tests", tests, 75),
+        Stage("throughput", [*throughput, "--steps", str(THROUGHPUT_STEPS)], 265, "gpu_throughput.json"),
+        Stage("planner calibration", plan, 110, "plan_accuracy_cuda.json"),
     ]
 
 
-def run_stage(stage: Stage, deadline: float, dry: bool) -> dict:
-    """Run one stage within its cap and what the deadline leaves after the reserve; rc, seconds, fresh result."""
-    allowed = min(stage.cap_s, deadline - time.monotonic() - stage.reserve_s)
+def run_stage(stage: Stage, deadline: float, reserve: float, dry: bool) -> dict:
+    """Run one stage within its cap and what the deadline leaves after `reserve` (the later stages' caps); its rc,
+    seconds and fresh result file."""
+    allowed = min(stage.cap_s, deadline - time.monotonic() - reserve)
     command = list(stage.command)
     if not dry and stage.result is not None:
         command += ["--budget_s", str(int(allowed - 15))]  # the benchmark stops starting cases before it is killed
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
               "`python scripts/gpu_check.py --dry-run` checks the stages on CPU.")  # fmt: skip
         return 0
     deadline = time.monotonic() + (BUDGET_S if not args.dry_run else 3600)
-    records = [run_stage(stage, deadline, args.dry_run) for stage in stages(args.dry_run)]
+    plan = stages(args.dry_run)
+    records = [run_stage(s, deadline, sum(t.cap_s for t in plan[i + 1 :]), args.dry_run) for i, s in enumerate(plan)]
     summary = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"}
     summary |= {"budget_s": BUDGET_S, "seconds": round(sum(r["seconds"] for r in records), 1), "stages": records}
     summary |= figures(records)

@@ -17,6 +17,7 @@ def load(relative: str):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -33,14 +34,11 @@ def test_without_a_gpu_it_says_so_exits_0_and_writes_no_results():
     assert {p.name: p.stat().st_mtime for p in results.iterdir()} == before
 
 
-def test_each_stage_gets_its_whole_cap_and_all_of_them_end_within_8_minutes():
+def test_the_stage_caps_fit_the_budget_and_the_budget_fits_8_minutes():
     check = load("scripts/gpu_check.py")
     stages = check.stages(dry=False)
     assert check.BUDGET_S <= 8 * 60 - 20  # Python's start, the summary
-    for index, stage in enumerate(stages):
-        later = sum(s.cap_s for s in stages[index + 1 :])
-        assert stage.reserve_s >= later, f"{stage.name} would eat into the stages after it"
-        assert stage.cap_s + stage.reserve_s <= check.BUDGET_S, stage.name
+    assert sum(s.cap_s for s in stages) <= check.BUDGET_S  # so each stage can have its whole cap
     assert {s.result for s in stages} >= {"gpu_throughput.json", "plan_accuracy_cuda.json"}
 
 
