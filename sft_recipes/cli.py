@@ -19,6 +19,7 @@ COMMANDS = {
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
     "env": "sft_recipes.environment",
+    "migrate": "sft_recipes.migrate",
 }
 
 
