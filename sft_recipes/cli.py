@@ -20,7 +20,7 @@ COMMANDS = {
     "report": "sft_recipes.report",
     "chat": "sft_recipes.chat",
     "env": "sft_recipes.environment",
-    "migrate": "sft_recipes.migrate",
+    "migrate": "sft_recipes.migrate.command",
 }
 
 
