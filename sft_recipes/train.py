@@ -76,7 +76,7 @@ def run(recipe: Any) -> Any:
         load_processing_class,
     )
     from sft_recipes.throughput import add_throughput_callback
-    from sft_recipes.validate import preflight
+    from sft_recipes.validate.rules import preflight
 
     model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
     config = preflight(recipe)

@@ -117,7 +117,8 @@ def topologies(path: Path) -> list[str]:
 def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path, topology):
     from sft_recipes.launch import read_accelerate_config
     from sft_recipes.model import check_sharded_combination, distributed_mode
-    from sft_recipes.validate import Validation, check_distribution
+    from sft_recipes.validate.recipe_checks import check_distribution
+    from sft_recipes.validate.validation import Validation
 
     recipe = parse(path)
     accelerate = read_accelerate_config(topology)

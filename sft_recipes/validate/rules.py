@@ -1,0 +1,55 @@
+"""The rule table: which checks run, in what order and on what they need, collected into one Validation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sft_recipes.errors import RecipeError
+from sft_recipes.validate.data_checks import check_data
+from sft_recipes.validate.model_checks import check_context, check_meta_model, check_model_files, check_vlm
+from sft_recipes.validate.output_checks import check_output_dir
+from sft_recipes.validate.recipe_checks import (
+    check_attention,
+    check_choices,
+    check_distribution,
+    check_hardware,
+    check_quantization,
+)
+from sft_recipes.validate.tokenizer_checks import check_tokenizer
+from sft_recipes.validate.validation import Validation
+
+logger = logging.getLogger("sft_recipes")
+RECIPE_STAGES = (check_choices, check_distribution, check_hardware, check_quantization, check_model_files)
+CONFIG_STAGES = (check_context, check_vlm, check_attention, check_meta_model, check_tokenizer)  # need config.json
+
+
+def validate(recipe: Any, accelerate: dict[str, Any] | None = None, data: bool = True) -> Validation:
+    """Run every check that needs no weights; problems are collected, never raised, so all are reported at once."""
+    v = Validation(recipe, problems=list(recipe.warnings))
+    for stage in RECIPE_STAGES:
+        _run(stage, v, accelerate)
+    if v.kind is not None:
+        for stage in CONFIG_STAGES:
+            _run(stage, v, accelerate)
+        if data and v.tokenizer is not None:
+            _run(check_data, v, accelerate)
+    _run(check_output_dir, v, accelerate)
+    return v
+
+
+def _run(stage: Any, v: Validation, accelerate: dict[str, Any] | None) -> None:
+    try:
+        stage(v, accelerate) if stage is check_distribution else stage(v)
+    except RecipeError as err:
+        v.extend(err.problems)
+
+
+def preflight(recipe: Any) -> dict[str, Any]:
+    """What `train` runs before loading weights: report warnings, stop on errors; returns config.json."""
+    v = validate(recipe)
+    if v.errors:
+        raise RecipeError(v.errors)
+    for warning in v.problems:
+        logger.warning("%s", warning)
+    return v.config
