@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from sft_recipes.arguments import command_parser, parse_with_recipe
 from sft_recipes.inspection.diagnosis import diagnose
-from sft_recipes.inspection.meta_trainer import build_context, build_trainer, first_rows, is_vision, is_vlm
+from sft_recipes.inspection.meta_trainer import (
+    build_context,
+    build_trainer,
+    first_rows,
+    is_vision,
+    is_vlm,
+    outside_launch,
+)
 from sft_recipes.inspection.render import Inspection, build_example, render_html, render_text
 from sft_recipes.inspection.statistics import statistics_of
 
@@ -33,7 +40,7 @@ FORMATS = ("text", "html", "json")
 
 def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
     """Prepare the recipe's training data exactly as `train` would and describe its first `n` rows."""
-    with tempfile.TemporaryDirectory(prefix="sft-recipes-inspect-") as output_dir, _quiet_datasets():
+    with tempfile.TemporaryDirectory(prefix="sft-recipes-inspect-") as output_dir, _quiet_datasets(), outside_launch():
         trainer, raw_train, trl_warnings = build_trainer(recipe, output_dir)
         if is_vision(trainer) and trainer.args.max_length is not None:
             # The processor raises on rows cut inside their image tokens: show them whole, the cut marked.

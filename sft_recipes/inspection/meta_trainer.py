@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from sft_recipes.errors import Problem, RecipeError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+SHARDING_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")  # what `accelerate launch` sets for ZeRO and FSDP
 
 
 def build_meta_model(model_args: Any, training_args: Any, kind: str, config_dict: dict[str, Any] | None = None) -> Any:
@@ -56,6 +59,25 @@ def _outside_zero3_init() -> Iterator[None]:
         yield
     finally:
         deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+@contextlib.contextmanager
+def outside_launch() -> Iterator[None]:
+    """Wrap every use of a meta trainer. Inside `accelerate launch` (train's preflight) its TrainingArguments would
+    reset accelerate's process-wide state and publish a DeepSpeed config that the real model load then partitions
+    with: it runs without DeepSpeed or FSDP, and the process-wide state is put back afterwards."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    env = {name: os.environ.pop(name) for name in SHARDING_ENV if name in os.environ}
+    states = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState, GradientState)]
+    try:
+        with _outside_zero3_init():
+            yield
+    finally:
+        os.environ.update(env)
+        for cls, saved in states:
+            cls._shared_state.clear()
+            cls._shared_state.update(saved)
 
 
 def inspection_args(training_args: Any, output_dir: str, **changes: Any) -> Any:

@@ -66,11 +66,11 @@ def first_rows_of(train: Any) -> Any:
 def check_sample(v: Validation, rows: Any) -> None:
     """Prepare `rows` with the real SFTTrainer (inspection's engine) and report its diagnosis."""
     from sft_recipes.inspection.diagnosis import diagnose
-    from sft_recipes.inspection.meta_trainer import build_context, inspection_args, meta_trainer
+    from sft_recipes.inspection.meta_trainer import build_context, inspection_args, meta_trainer, outside_launch
     from sft_recipes.inspection.statistics import text_statistics
 
     r = v.recipe
-    with tempfile.TemporaryDirectory(prefix="sft-recipes-validate-") as output_dir:
+    with tempfile.TemporaryDirectory(prefix="sft-recipes-validate-") as output_dir, outside_launch():
         args = inspection_args(r.training, output_dir, dataset_num_proc=None)  # 32 rows: no worker processes
         trainer, trl_warnings = meta_trainer(v.model, v.tokenizer, rows, args, r.script.dataset_name or "datasets")
         ctx = build_context(r, trainer, rows)
