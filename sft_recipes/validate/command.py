@@ -11,6 +11,7 @@ import sys
 from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.validate.rules import validate
+from sft_recipes.validate.validation import Validation
 
 SUMMARY_ORDER = (
     "model", "dtype", "attention", "quantization", "LoRA", "trainable", "max_length", "packing", "chat template",
@@ -50,9 +51,14 @@ def main(argv: list[str]) -> int:
             print(f"warning: {problem}".replace("\n", "\n  "), file=sys.stderr)
     if v.errors:
         raise RecipeError(v.errors)
+    print_summary(v)
+    return 0
+
+
+def print_summary(v: Validation) -> None:
+    """`recipe: OK`, then what the run will be, one line per subject in SUMMARY_ORDER."""
     warnings = len(v.problems)
-    print(f"{recipe.path or 'recipe'}: OK" + (f" ({warnings} warning(s) above)" if warnings else ""))
+    print(f"{v.recipe.path or 'recipe'}: OK" + (f" ({warnings} warning(s) above)" if warnings else ""))
     width = max(len(k) for k in v.summary) if v.summary else 0
     for label in sorted(v.summary, key=lambda k: SUMMARY_ORDER.index(k) if k in SUMMARY_ORDER else len(SUMMARY_ORDER)):
         print(f"  {label:<{width}}  {v.summary[label]}")
-    return 0
