@@ -1,13 +1,14 @@
 """Mutation testing, outside CI: plant realistic one-line bugs in the package one at a time, run the tests that should
 catch each, and report the share caught as JSON (benchmarks/results/mutation.json).
 
-Usage: python scripts/mutation_check.py [--only ID,...] [--check] [--timeout 900] [--out PATH] [--no-baseline]
+Usage: python scripts/mutation_check.py [--only ID,...] [--update] [--check] [--timeout S] [--out PATH] [--no-baseline]
 
 A mutant is a file, the exact original snippet (found there exactly once), its replacement and the tests to run
 (scripts/mutants.py holds the table). Statuses: killed (the tests failed), survived (they passed), stale (the snippet
 is no longer in the file, or the tests are gone: fix the entry; never counted as killed), invalid (the tests fail
 without the mutant too). The file is restored after each mutant, Ctrl-C and SIGTERM included, and the mutated files
-are checked clean against git at the end. --check only checks the table.
+are checked clean against git at the end. --check only checks the table; --update merges the mutants run (--only)
+into the rows already in --out, e.g. to rerun the survivors once their tests are written.
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def write(out: Path, rows: list[dict], started: str) -> None:
+def write(out: Path, rows: list[dict], started: str, earlier: list[dict] = ()) -> None:
+    """The result file: `rows`, after the `earlier` rows of mutants not run this time (in table order)."""
+    order = {m.id: i for i, m in enumerate(MUTANTS)}
+    ran = {r["id"] for r in rows}
+    rows = sorted([r for r in earlier if r["id"] not in ran] + rows, key=lambda r: order.get(r["id"], len(order)))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     data = {
         "what": "realistic one-line bugs planted one at a time (scripts/mutants.py); killed = the named tests fail",
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds for one mutant's tests")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--no-baseline", action="store_true", help="skip running each test selection unmutated")
+    parser.add_argument("--update", action="store_true", help="keep --out's rows of the mutants not run now")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.id in args.only.split(",")]
     ids = [m.id for m in MUTANTS]
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     live = [m for m in chosen if m.id not in stale]
     base = {} if args.no_baseline else baselines(live, args.timeout)
+    earlier = json.loads(args.out.read_text())["mutants"] if args.update and args.out.is_file() else []
     rows: list[dict] = []
     try:
         for m in chosen:
@@ -184,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                 row |= apply_and_test(m, args.timeout)
             rows.append(row)
             print(f"{m.id:32} {row['status']:9} {row.get('seconds', '')} {row.get('caught_by', '')}", flush=True)
-            write(args.out, rows, started)
+            write(args.out, rows, started, earlier)
     finally:
         left = dirty(paths)
         if left:
             print(f"NOT CLEAN after restoring: {left}", file=sys.stderr)
-    print(json.dumps(summary(rows)))
+    print(json.dumps(json.loads(args.out.read_text())["summary"] if rows else summary(rows)))
     return 1 if left else 0
 
 
