@@ -217,6 +217,7 @@ def test_on_a_gpu_that_fits_the_run_checkpointing_goes_off_and_tokenizing_uses_u
     with caplog.at_level(logging.INFO, logger="sft_recipes"):
         apply_fast_defaults(recipe, json.loads((llama_dir / "config.json").read_text()))
     assert recipe.training.gradient_checkpointing is False and recipe.training.activation_checkpointing is False
+    assert recipe.raw["activation_checkpointing"] is False  # recipe.yaml records what was decided
     assert recipe.training.dataset_num_proc == 8
     assert "Activation checkpointing off: the plan fits without it" in caplog.text
     assert "Memory plan: fits on 80 GiB" in caplog.text

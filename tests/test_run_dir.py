@@ -126,6 +126,24 @@ def test_resume_picks_the_last_complete_checkpoint_and_refuses_a_finished_run(tm
     assert resume_checkpoint(out, True, False) == str(tmp_path / "checkpoint-4")  # resume asked for explicitly
 
 
+def test_resume_picks_the_highest_step_of_several_complete_checkpoints(tmp_path):
+    for step in (4, 10, 8):
+        checkpoint(tmp_path, step)
+    checkpoint(tmp_path, 12, complete=False)
+    assert resume_checkpoint(str(tmp_path), None, False) == str(tmp_path / "checkpoint-10")
+
+
+def test_only_global_rank_0_takes_the_lock_not_the_first_rank_of_every_node(tmp_path, monkeypatch):
+    """On a shared filesystem, node 2's LOCAL_RANK 0 taking the lock would find it held by node 1 and refuse."""
+    monkeypatch.setenv("RANK", "8")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with output_lock(str(tmp_path / "out")):
+        assert not (tmp_path / "out" / LOCK_HOLDER).exists() and lock_holder(str(tmp_path / "out")) is None
+    monkeypatch.setenv("RANK", "0")
+    with output_lock(str(tmp_path / "out")):
+        assert lock_holder(str(tmp_path / "out")) == os.getpid()
+
+
 def test_the_run_record_is_the_resolved_recipe_and_a_whole_summary(tmp_path):
     import yaml
 
