@@ -134,18 +134,20 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def write(out: Path, rows: list[dict], started: str, earlier: list[dict] = ()) -> None:
-    """The result file: `rows`, after the `earlier` rows of mutants not run this time (in table order)."""
+def write(out: Path, rows: list[dict], started: str, earlier: dict | None = None) -> None:
+    """The result file: `rows`, after the rows of an `earlier` file for the mutants not run this time (in table
+    order), and one line per run: when, at which commit, how many mutants, the score after it."""
     order = {m.id: i for i, m in enumerate(MUTANTS)}
     ran = {r["id"] for r in rows}
-    rows = sorted([r for r in earlier if r["id"] not in ran] + rows, key=lambda r: order.get(r["id"], len(order)))
+    kept = [r for r in (earlier or {}).get("mutants", []) if r["id"] not in ran]
+    rows = sorted(kept + rows, key=lambda r: order.get(r["id"], len(order)))
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    run = {"started": started, "commit": head, "mutants_run": len(ran), "summary_after": summary(rows)}
     data = {
         "what": "realistic one-line bugs planted one at a time (scripts/mutants.py); killed = the named tests fail",
         "command": "python scripts/mutation_check.py",
-        "started": started,
-        "commit": head,
         "summary": summary(rows),
+        "runs": [r for r in (earlier or {}).get("runs", []) if r["started"] != started] + [run],
         "mutants": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     live = [m for m in chosen if m.id not in stale]
     base = {} if args.no_baseline else baselines(live, args.timeout)
-    earlier = json.loads(args.out.read_text())["mutants"] if args.update and args.out.is_file() else []
+    earlier = json.loads(args.out.read_text()) if args.update and args.out.is_file() else None
     rows: list[dict] = []
     try:
         for m in chosen:
             row = {"id": m.id, "path": m.path, "bug": m.bug, "original": m.original, "replacement": m.replacement}
+            row["run"] = started
             row |= {"tests": list(m.tests), "k": m.k, "pending": m.pending}
             if m.id in stale:
                 row |= {"status": "stale", "why": stale[m.id]}
@@ -201,4 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the mutated file was restored; results so far are in --out", file=sys.stderr)
+        sys.exit(130)
