@@ -116,6 +116,7 @@ class Recipe:
     explicit: set[str] = field(default_factory=set)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the command line after --config, as given
 
 
 class _Parser(trl.TrlParser):
@@ -263,6 +264,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         path = args[index + 1]
         del args[index : index + 2]
         config = load_yaml(path)
+    overrides = list(args)
 
     hints = field_types()
     lines = _yaml_lines(path) if path else {}
@@ -340,6 +342,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         explicit,
         resolved,
         problems if keep_going else [p for p in problems if p.severity == "warning"],
+        overrides,
     )
 
 

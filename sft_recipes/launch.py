@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 
+LAUNCH_ENV = "SFT_RECIPES_LAUNCH"  # the topology flags as given, for the ranks' model card to name in its command
 CONFIG_DIRS = (Path.cwd() / "accelerate_configs", Path(__file__).resolve().parent.parent / "accelerate_configs")
 
 
@@ -58,7 +60,8 @@ def launch_if_requested(command: str, flags: dict[str, str], rest: list[str]) ->
     if line is None:
         return None
     print("launching:", " ".join(line), file=sys.stderr, flush=True)
-    return subprocess.call(line, env=os.environ.copy())
+    given = shlex.join(arg for key, value in flags.items() for arg in (f"--{key}", value))
+    return subprocess.call(line, env={**os.environ, LAUNCH_ENV: given})
 
 
 def read_accelerate_config(name_or_path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from sft_recipes.card import write_merged_card
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind
     from sft_recipes.model.loading import embedding_rows
 
@@ -106,6 +107,7 @@ def merge_adapter(
                 shutil.copy2(source / name, out / name)
                 break
     (out / "merge_check.json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_merged_card(adapter, out, base)
     logger.info("Merged %s into %s -> %s (%s)", adapter, base, out, figures)
     return figures
 

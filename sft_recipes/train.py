@@ -351,6 +351,9 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
         "versions": package_versions(),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    from sft_recipes.card import write_model_card
+
+    write_model_card(out, trainer, recipe)  # last: the card reads the run summary written above
 
 
 def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:

@@ -24,10 +24,13 @@ STREAMING_CHECK_ROWS = 1000  # a stream has no end to check up to: validate its 
 MAX_REPORTED_PROBLEMS = 20
 
 
-def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | IterableDataset, Any]:
+def load_training_data(
+    script_args, mixture, training_args, counts: list[dict[str, Any]] | None = None
+) -> tuple[Dataset | IterableDataset, Any]:
     """Load, check and convert the training data; returns (train, eval), eval None when eval_strategy is "no".
 
     Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
+    `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
     """
     fmt = getattr(script_args, "dataset_format", "auto") or "auto"
     text_field = training_args.dataset_text_field
@@ -43,7 +46,7 @@ def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | I
                 "(%s) is ignored, as in TRL.",
                 script_args.dataset_name,
             )
-        train = _load_mixture(mixture, fmt, text_field, num_proc, problems)
+        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, counts)
     elif script_args.dataset_name:
         from trl.scripts.utils import DatasetConfig
 
@@ -72,6 +75,9 @@ def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | I
         )
 
     _raise_errors(problems)
+    if counts is not None and not mixture.datasets:
+        used = [(script_args.dataset_train_split, train), (script_args.dataset_test_split, eval_ds)]
+        counts += [_count(script_args.dataset_name, split, ds) for split, ds in used if ds is not None]
     if want_eval and eval_ds is None:
         eval_ds, train = _split_eval(train, mixture.test_split_size, training_args.seed, script_args)
     return train, eval_ds
@@ -150,7 +156,9 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
         ) from e
 
 
-def _load_mixture(mixture, fmt: str, text_field: str, num_proc: int | None, problems: list[Problem]) -> Any:
+def _load_mixture(
+    mixture, fmt: str, text_field: str, num_proc: int | None, problems: list[Problem], counts: list | None = None
+) -> Any:
     """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
     import datasets
 
@@ -185,8 +193,14 @@ def _load_mixture(mixture, fmt: str, text_field: str, num_proc: int | None, prob
         for ds, cfg in zip(raw, mixture.datasets, strict=True)
     ]
     _raise_errors(problems)
+    if counts is not None:
+        counts += [_count(cfg.path, cfg.split, ds) for cfg, ds in zip(mixture.datasets, parts, strict=True)]
     parts = _harmonize(parts, [cfg.path for cfg in mixture.datasets], num_proc)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
+    return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
 
 
 def _prepare(ds, fmt, source, text_field, num_proc, problems: list[Problem], base_dir: str | None = None) -> Any:
