@@ -37,10 +37,10 @@ def run_facts(out: Path, trainer: Any, recipe: Any) -> dict[str, Any]:
     from transformers import ProcessorMixin
 
     from sft_recipes.environment import package_versions
+    from sft_recipes.run_dir import read_summary
 
     model_args, training_args = recipe.model, recipe.training
-    summary_path = out / "run_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(out) or {}
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
     return {
