@@ -146,17 +146,16 @@ def test_without_matplotlib_the_card_says_how_to_get_the_curve(tmp_path, monkeyp
     assert not (tmp_path / "report.png").exists()
 
 
-def test_launch_passes_its_topology_flags_to_the_ranks(monkeypatch):
+def test_launch_passes_its_topology_flags_to_the_ranks(tmp_path, monkeypatch):
     import subprocess
 
     from sft_recipes.launch import launch_if_requested
 
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path="m", dataset_name="d.jsonl", use_cpu=True)
     seen = {}
     monkeypatch.setattr(subprocess, "call", lambda line, env: seen.update(env=env) or 0)
-    assert (
-        launch_if_requested("train", {"accelerate_config": "multi_gpu", "num_processes": "2"}, ["--config", "r.yaml"])
-        == 0
-    )
+    flags = {"accelerate_config": "multi_gpu", "num_processes": "2"}
+    assert launch_if_requested("train", flags, ["--config", str(recipe)]) == 0
     assert seen["env"][LAUNCH_ENV] == "--accelerate_config multi_gpu --num_processes 2"
 
 
