@@ -6,7 +6,6 @@ the merged weights. Every line comes from the run itself; secrets never do (the 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -43,6 +42,9 @@ def run_facts(out: Path, trainer: Any, recipe: Any) -> dict[str, Any]:
     summary = read_summary(out) or {}
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
+    manifest = prepared_manifest(recipe)
+    # a prepared set's labels were masked when it was made (train then tells TRL there is nothing left to mask)
+    masking = manifest["fingerprint"] if manifest else vars(training_args)
     return {
         "name": out.resolve().name,
         "base": model_args.model_name_or_path,
@@ -51,11 +53,11 @@ def run_facts(out: Path, trainer: Any, recipe: Any) -> dict[str, Any]:
         "vision": isinstance(trainer.processing_class, ProcessorMixin),  # as SFTTrainer tells a VLM run
         "method": method_of(trainer.model, model_args),
         "peft": getattr(trainer.model, "peft_config", None) is not None,
-        "sources": data_sources(recipe),
+        "sources": data_sources(recipe, manifest),
         "sequences": {"train": _length(trainer.train_dataset), "eval": _length(trainer.eval_dataset)},
         "max_length": training_args.max_length,
         "packing": f"on ({training_args.packing_strategy})" if training_args.packing else "off",
-        "loss_on": loss_tokens(training_args),
+        "loss_on": loss_tokens(masking.get("assistant_only_loss"), masking.get("completion_only_loss")),
         "steps": summary.get("steps", trainer.state.global_step),
         "max_steps": trainer.state.max_steps,
         "epochs": summary.get("epochs", trainer.state.epoch),
@@ -110,14 +112,19 @@ def method_of(model: Any, model_args: Any) -> str:
     return f"{name}: {', '.join(parts)}; targets: {targets}" + (f"; also trained in full: {saved}" if saved else "")
 
 
-def data_sources(recipe: Any) -> list[dict[str, Any]]:
+def prepared_manifest(recipe: Any) -> dict[str, Any] | None:
+    """The manifest of the prepared set the run trained on, if it did."""
+    from sft_recipes.data.prepared import read_manifest
+
+    return read_manifest(recipe.script.prepared) if recipe.script.prepared else None
+
+
+def data_sources(recipe: Any, manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each source with its rows after conversion: from the prepared set's manifest when the run trained on one, else
     read again as train read it (the datasets cache answers). A stream has no row count."""
     script, mixture = recipe.script, recipe.mixture
-    prepared = getattr(script, "prepared", None)
-    if prepared:
-        manifest = json.loads((Path(prepared) / "prepared.json").read_text())
-        return [{**source, "prepared": str(prepared)} for source in manifest["sources"]]
+    if manifest:
+        return [{**source, "prepared": str(script.prepared)} for source in manifest["sources"]]
     if mixture.streaming or script.dataset_streaming:
         named = mixture.datasets or [script]
         return [{"source": getattr(d, "path", None) or d.dataset_name, "split": "stream", "rows": None} for d in named]
@@ -128,10 +135,10 @@ def data_sources(recipe: Any) -> list[dict[str, Any]]:
     return counts
 
 
-def loss_tokens(training_args: Any) -> str:
-    if training_args.assistant_only_loss:
+def loss_tokens(assistant_only: bool | None, completion_only: bool | None) -> str:
+    if assistant_only:
         return "assistant tokens only (assistant_only_loss)"
-    if training_args.completion_only_loss is False:
+    if completion_only is False:
         return "every token (completion_only_loss: false)"
     return "the completion only for prompt-completion data, else every token"
 

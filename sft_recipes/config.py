@@ -99,6 +99,14 @@ class ScriptArguments(trl.ScriptArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train again into an output_dir that already holds a finished run."}
     )
+    prepared: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder `sft-recipes preprocess --out` wrote: train on its rows as they are (no rank reads or "
+            "tokenizes the raw data), once the recipe is checked to give the same fingerprint (data keys, tokenizer, "
+            "chat template, max_length, packing, masks)."
+        },
+    )
 
 
 SFTConfig = trl.SFTConfig

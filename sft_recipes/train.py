@@ -62,7 +62,6 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
-    from sft_recipes.data.loading import load_training_data
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.lora import build_lora_config
@@ -84,10 +83,8 @@ def run(recipe: Any) -> Any:
         logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), topology.mode)
         processing_class = load_processing_class(model_args, training_args, kind)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        train_dataset, eval_dataset = training_datasets(recipe)  # before the weights: a stale prepared set stops here
         model = load_model(model_args, training_args, kind, config, tokenizer, topology)
-        with training_args.main_process_first(desc="load and convert the dataset"):
-            # rank 0 builds the datasets cache, the other ranks then read it instead of converting in parallel
-            train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
         trainer = SFTTrainer(
             model=model,
             args=training_args,
@@ -114,6 +111,20 @@ def run(recipe: Any) -> Any:
         if hasattr(trainer, "end"):
             trainer.end()
     return trainer
+
+
+def training_datasets(recipe: Any) -> tuple[Any, Any]:
+    """(train, eval) for SFTTrainer. With `prepared` (sft-recipes preprocess), that set, checked against the recipe:
+    every rank memory-maps it and none reads raw data or tokenizes. Else the raw data, which rank 0 loads and
+    converts first so that the other ranks read its datasets cache instead of converting in parallel."""
+    if recipe.script.prepared:
+        from sft_recipes.preprocess import prepared_datasets
+
+        return prepared_datasets(recipe)
+    from sft_recipes.data.loading import load_training_data
+
+    with recipe.training.main_process_first(desc="load and convert the dataset"):
+        return load_training_data(recipe.script, recipe.mixture, recipe.training)
 
 
 # Share of the GPU a plan without activation checkpointing may fill: the planner aims at +-10% on GPUs.

@@ -569,6 +569,9 @@ def check_data(v: Validation) -> None:
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     r = v.recipe
+    if r.script.prepared:  # checked when preprocess made it; train checks its fingerprint (the raw data may be gone)
+        v.summary["data"] = f"the prepared set in {r.script.prepared}"
+        return
     source = r.model.model_name_or_path
     train, _ = load_training_data(r.script, r.mixture, r.training)
     v.examples = len(train) if hasattr(train, "__len__") else None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prepared import write_rows
-from runs import write_recipe
+from runs import train, write_recipe
 
 from sft_recipes.card import CARD, MARKER, reproduce_command
 from sft_recipes.launch import LAUNCH_ENV
@@ -19,15 +19,6 @@ PLACEHOLDER = "More Information Needed"  # PEFT's template, in every section it 
 SECRET = "hf_cardOverrideSECRET424242"
 
 
-def train_cli(tmp_path: Path, overrides: list[str], **keys) -> Path:
-    from sft_recipes.cli import main
-
-    keys.setdefault("output_dir", str(tmp_path / "out"))
-    recipe = write_recipe(tmp_path / "recipe.yaml", **keys)
-    assert main(["train", "--config", str(recipe), *overrides]) == 0
-    return Path(keys["output_dir"])
-
-
 def rows_of(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
@@ -35,8 +26,8 @@ def rows_of(path: Path) -> int:
 def test_a_full_fine_tune_card_names_the_base_the_data_file_its_rows_and_the_command(
     tmp_path, llama_dir, demo_data_path
 ):
-    out = train_cli(
-        tmp_path, ["--learning_rate", "5.0e-4"], model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path)
+    out = train(
+        tmp_path, ("--learning_rate", "5.0e-4"), model_name_or_path=str(llama_dir), dataset_name=str(demo_data_path)
     )
     card = (out / CARD).read_text()
     assert MARKER in card and PLACEHOLDER not in card
@@ -60,9 +51,9 @@ def test_a_lora_card_names_the_wrapped_modules_the_eval_loss_and_keeps_a_cli_tok
     tmp_path, llama_dir, demo_data_path, monkeypatch
 ):
     monkeypatch.setenv("HF_TOKEN", "hf_placeholder")  # parse_recipe exports hub_token there; restored after
-    out = train_cli(
+    out = train(
         tmp_path,
-        ["--hub_token", SECRET],
+        ("--hub_token", SECRET),
         model_name_or_path=str(llama_dir),
         dataset_name=str(demo_data_path),
         use_peft=True,

@@ -35,7 +35,7 @@ def load_training_data(
     fmt = getattr(script_args, "dataset_format", "auto") or "auto"
     text_field = training_args.dataset_text_field
     num_proc = training_args.dataset_num_proc
-    want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    want_eval = wants_eval(training_args)
     problems: list[Problem] = []
     eval_ds = None
 
@@ -83,6 +83,11 @@ def load_training_data(
     return train, eval_ds
 
 
+def wants_eval(training_args) -> bool:
+    """Whether the run evaluates, so that load_training_data returns an eval split."""
+    return str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+
+
 def check_file(path) -> list[Problem]:
     """Problems with a local data file: missing, empty, malformed JSON (as "path:LINE"), unreadable parquet."""
     p = Path(path)
@@ -122,26 +127,35 @@ def check_file(path) -> list[Problem]:
     return []
 
 
+def local_data_files(cfg) -> list[str]:
+    """The local files a source (a DatasetConfig) reads, as they are now: none for a hub id or a missing path."""
+    path = os.path.expanduser(cfg.path)
+    found: list[str] = []
+    if os.path.isdir(path):
+        found = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
+    elif os.path.isfile(path):
+        found = [path]
+    if cfg.data_files is not None and not found:  # generic builder ("json") with local data_files
+        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
+        found = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
+    return found
+
+
 def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
     """datasets.load_dataset for a DatasetConfig whose `path` may also be a local file or directory."""
     import datasets
 
     path = os.path.expanduser(cfg.path)
     kwargs: dict[str, Any] = {"name": cfg.name, "data_dir": cfg.data_dir, "data_files": cfg.data_files}
-    local_files: list[str] = []
+    local_files = local_data_files(cfg)
     if os.path.isdir(path):
-        local_files = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
         if not local_files and cfg.data_files is None:
             raise error(where, f"no data files ({', '.join(BUILDERS)}) in directory {cfg.path}")
     elif os.path.isfile(path) or _looks_like_file(cfg.path):
         if not os.path.isfile(path):
             raise RecipeError(check_file(path))
-        local_files = [path]
         kwargs["data_files"] = path
         path = BUILDERS.get(Path(path).suffix, "json")
-    if cfg.data_files is not None and not local_files:  # generic builder ("json") with local data_files
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        local_files = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
     try:
         return datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
     except Exception as e:  # datasets raises a dozen types; the user needs the file:line or the reason, not a trace
