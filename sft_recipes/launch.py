@@ -10,9 +10,6 @@ from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.topology import Topology, recipe_precision
-from sft_recipes.topology import (
-    resolve_accelerate_config as resolve_accelerate_config,
-)  # plan.main, until it asks Topology
 
 LAUNCH_ENV = "SFT_RECIPES_LAUNCH"  # the topology flags as given, for the ranks' model card to name in its command
 
@@ -56,16 +53,3 @@ def launch_if_requested(command: str, flags: dict[str, str], rest: list[str]) ->
     print("launching:", " ".join(line), file=sys.stderr, flush=True)
     given = shlex.join(arg for key, value in flags.items() for arg in (f"--{key}", value))
     return subprocess.call(line, env={**os.environ, LAUNCH_ENV: given})
-
-
-def read_accelerate_config(name_or_path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Topology.from_accelerate_config as the dict validate and plan still read (mode "fsdp" for FSDP2, as
-    model.distributed_mode says): goes once they ask the Topology."""
-    topology = Topology.from_accelerate_config(name_or_path, overrides)
-    return {
-        "path": topology.config_path,
-        "mode": "fsdp" if topology.mode == "fsdp2" else topology.mode,
-        "parallelism": topology.parallelism,
-        "num_processes": topology.num_processes,
-        "mixed_precision": topology.mixed_precision,
-    }

@@ -134,28 +134,22 @@ def prepared_datasets(recipe: Any) -> tuple[Any, Any]:
     return train, eval_
 
 
-# -- the meta-device trainer (sft_recipes.inspection): until it takes an eval set, built here from its parts --------
-
-
 def meta_trainer(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
-    """trl.SFTTrainer on the meta-device model with `train` and `eval_` prepared by TRL itself: the preparation,
-    collator and template setup the training run gets."""
-    from trl import SFTTrainer
-
-    from sft_recipes.inspection import build_meta_model, inspection_args
+    """trl.SFTTrainer on the meta-device model (inspection's engine) with `train` and `eval_` prepared by TRL itself:
+    the preparation, collator and template setup the training run gets."""
+    from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
     from sft_recipes.model.kind import detect_model_kind, load_config_dict
     from sft_recipes.model.tokenizer import load_processing_class
 
     model_args, training_args = recipe.model, recipe.training
     kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
     processing_class = load_processing_class(model_args, training_args, kind)
-    args = inspection_args(training_args, scratch)
     model = build_meta_model(model_args, training_args, kind)
-    try:
-        return SFTTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=eval_, processing_class=processing_class
+    source = recipe.script.dataset_name or "datasets"
+    with outside_launch():
+        trainer, warnings = meta_trainer(
+            model, processing_class, train, inspection_args(training_args, scratch), source, eval_dataset=eval_
         )
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise RecipeError(
-            Problem("SFTTrainer", f"TRL refuses this recipe: {err}", "training would fail the same way")
-        ) from None
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return trainer
