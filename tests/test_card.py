@@ -104,7 +104,7 @@ def test_each_source_of_a_mixture_is_listed_with_the_rows_it_gave(tmp_path, llam
         ],
         output_dir=str(tmp_path / "out"),
     )
-    sources = data_sources(parse_recipe(["--config", str(recipe)]))
+    sources = data_sources(parse_recipe(["--config", str(recipe)]), None)
     # fraction 3:1 of 30 and 10 rows: all 10 of the second limit the first to 30
     assert sources == [
         {"source": str(first), "split": "train", "rows": 30},
