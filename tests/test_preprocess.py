@@ -104,6 +104,7 @@ def test_a_prepared_set_is_refused_naming_each_changed_setting_with_old_and_new(
 def test_a_deleted_data_file_is_no_difference_but_another_file_in_its_folder_is(tmp_path, llama_dir, demo_data_path):
     from sft_recipes.config import parse_recipe
     from sft_recipes.preprocess import prepared_datasets
+    from sft_recipes.validate.rules import validate
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -114,7 +115,10 @@ def test_a_deleted_data_file_is_no_difference_but_another_file_in_its_folder_is(
     prepared = tmp_path / "prepared"
     preprocess(recipe, prepared)
     (folder / "part-0.jsonl").unlink()
-    prepared_datasets(parse_recipe(["--config", str(recipe), "--prepared", str(prepared)]))  # accepted
+    without_raw = parse_recipe(["--config", str(recipe), "--prepared", str(prepared)])
+    prepared_datasets(without_raw)  # accepted
+    checked = validate(without_raw)  # train's preflight: no data check on raw files that are gone
+    assert [p for p in checked.problems if p.severity == "error"] == [] and "prepared set" in checked.summary["data"]
     shutil.copy(demo_data_path, folder / "part-1.jsonl")
     with pytest.raises(RecipeError, match=r"data_files\[.*part-1.jsonl\]"):
         prepared_datasets(parse_recipe(["--config", str(recipe), "--prepared", str(prepared)]))
