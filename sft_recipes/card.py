@@ -259,12 +259,13 @@ def data_lines(f: dict[str, Any]) -> list[str]:
     rows = [f"| `{s['source']}` | {s['split']} | {_number(s['rows'])} |" for s in f["sources"]]
     prepared = next((s["prepared"] for s in f["sources"] if s.get("prepared")), None)
     sequences = f["sequences"]
+    what = "rows (processed at collation, with their images)" if f["vision"] else "sequences after TRL's preparation"
     lines = ["| source | split | rows |", "|---|---|---|", *rows, ""]
     if prepared:
         lines += [f"Trained on the set `sft-recipes preprocess` prepared in `{prepared}` from these sources.", ""]
     lines += [
         f"- max_length: {f['max_length']}; packing: {f['packing']}; loss on {f['loss_on']}",
-        f"- sequences after TRL's preparation: {_number(sequences['train'])} for training"
+        f"- {what}: {_number(sequences['train'])} for training"
         + (f", {_number(sequences['eval'])} for evaluation" if sequences["eval"] is not None else ""),
     ]
     return lines

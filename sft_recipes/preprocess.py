@@ -56,7 +56,7 @@ def prepare(recipe: Any, out: str, overwrite: bool = False) -> dict[str, Any]:
     train, eval_ = load_training_data(recipe.script, recipe.mixture, recipe.training, counts=counts)
     facts = fingerprint(recipe, loaded_tokenizer(recipe))  # first: the trainer changes its tokenizer in place
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = meta_trainer(recipe, scratch, train, eval_)
+        trainer = prepared_by_trl(recipe, scratch, train, eval_)
     datasets = {"train": trainer.train_dataset, "eval": trainer.eval_dataset}
     manifest = {
         "fingerprint": facts,
@@ -134,7 +134,7 @@ def prepared_datasets(recipe: Any) -> tuple[Any, Any]:
     return train, eval_
 
 
-def meta_trainer(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
+def prepared_by_trl(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
     """trl.SFTTrainer on the meta-device model (inspection's engine) with `train` and `eval_` prepared by TRL itself:
     the preparation, collator and template setup the training run gets."""
     from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
