@@ -111,7 +111,7 @@ def write_text_rows(path: Path, rows: int, words_per_row: int, seed: int = 0) ->
 def recipe_argv(case: Case, model: Path, data: Path, out: Path, steps: int, batch: int, dry: bool) -> list[str]:
     import torch
 
-    from sft_recipes.model import best_attn_implementation
+    from sft_recipes.model.attention import best_attn_implementation
 
     config = json.loads((model / "config.json").read_text())
     attention, _ = best_attn_implementation(config, torch.bfloat16 if not dry else torch.float32)
@@ -148,7 +148,7 @@ def recipe_argv(case: Case, model: Path, data: Path, out: Path, steps: int, batc
 def fitting_batch(case: Case, argv: list[str], dry: bool) -> tuple[int, dict]:
     """The case's batch, halved until sft_recipes.plan says it fits this GPU (checkpointing as the run will choose)."""
     from sft_recipes.config import parse_recipe
-    from sft_recipes.model import load_config_dict
+    from sft_recipes.model.kind import load_config_dict
     from sft_recipes.plan.gpus import local_gpu_memory_gib
     from sft_recipes.train import apply_fast_defaults, memory_plan
 

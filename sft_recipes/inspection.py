@@ -112,7 +112,7 @@ def build_meta_model(model_args: Any, training_args: Any, kind: str, config_dict
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     if config_dict is not None and config_dict.get("model_type"):
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -179,8 +179,9 @@ def build_trainer(recipe: Any, output_dir: str) -> tuple[Any, Any, list[str]]:
     """(trl.SFTTrainer on a meta model with the data prepared, train data before preparation, TRL's warnings)."""
     from trl import SFTTrainer
 
-    from sft_recipes.data import load_training_data
-    from sft_recipes.model import detect_model_kind, load_config_dict, load_processing_class
+    from sft_recipes.data.loading import load_training_data
+    from sft_recipes.model.kind import detect_model_kind, load_config_dict
+    from sft_recipes.model.tokenizer import load_processing_class
 
     model_args, training_args = recipe.model, recipe.training
     kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)

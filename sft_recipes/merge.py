@@ -119,14 +119,9 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str) -> Trained:
     bitsandbytes layers on their training-time path."""
     from peft import PeftModel
 
-    from sft_recipes.model import (
-        compute_dtype,
-        detect_model_kind,
-        load_config_dict,
-        load_model,
-        load_processing_class,
-        resolve_dtype,
-    )
+    from sft_recipes.model.kind import compute_dtype, detect_model_kind, load_config_dict, resolve_dtype
+    from sft_recipes.model.loading import load_model
+    from sft_recipes.model.tokenizer import load_processing_class
 
     recipe = run_recipe(adapter)
     if recipe is None:
@@ -190,7 +185,9 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str) -> Trained
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, detect_model_kind, embedding_rows, resolve_dtype
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
+    from sft_recipes.model.loading import embedding_rows
+    from sft_recipes.trained import adapter_vocab_size
 
     base = base or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
@@ -203,7 +200,7 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str) -> Trained
         AutoModelForImageTextToText if detect_model_kind(config) == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     )
     model: Any = auto_class.from_pretrained(base, dtype=torch.float32)
-    vocab = _saved_vocab_size(adapter)
+    vocab = adapter_vocab_size(adapter)
     if vocab and vocab != embedding_rows(model):
         model.resize_token_embeddings(vocab)
     trained: Any = PeftModel.from_pretrained(model, str(adapter))
@@ -252,20 +249,6 @@ def merge_into_dequantized(trained: Any, adapter: Path, dtype: Any) -> Any:
     base = base.to(torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     return merged.to(dtype).eval()
-
-
-def _saved_vocab_size(adapter: Path) -> int | None:
-    """The embedding rows the adapter was trained with, when training resized them (saved embed_tokens)."""
-    from safetensors import safe_open
-
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), "pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
-    return None
 
 
 def drift_limit(effect: float, precision: Any) -> float:

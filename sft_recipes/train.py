@@ -67,14 +67,12 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
-    from sft_recipes.data import load_training_data
-    from sft_recipes.model import (
-        build_lora_config,
-        detect_model_kind,
-        distributed_mode,
-        load_model,
-        load_processing_class,
-    )
+    from sft_recipes.data.loading import load_training_data
+    from sft_recipes.model.kind import detect_model_kind
+    from sft_recipes.model.loading import load_model
+    from sft_recipes.model.lora import build_lora_config
+    from sft_recipes.model.quantization import distributed_mode
+    from sft_recipes.model.tokenizer import load_processing_class
     from sft_recipes.throughput import add_throughput_callback
     from sft_recipes.validate import preflight
 
@@ -167,7 +165,7 @@ def default_dataset_num_proc() -> int | None:
 
 def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
     """sft_recipes.plan's estimate for this run as launched; None (with a warning) for a model it cannot model."""
-    from sft_recipes.model import distributed_mode
+    from sft_recipes.model.quantization import distributed_mode
     from sft_recipes.plan.command import plan_input_from_recipe
     from sft_recipes.plan.formula import estimate
 

@@ -124,7 +124,7 @@ def check_choices(v: Validation) -> None:
 
 
 def check_quantization(v: Validation) -> None:
-    from sft_recipes.model import compute_dtype_name
+    from sft_recipes.model.kind import compute_dtype_name
 
     m, t = v.recipe.model, v.recipe.training
     if m.load_in_4bit and m.load_in_8bit:
@@ -159,7 +159,7 @@ def check_quantization(v: Validation) -> None:
 
 def check_distribution(v: Validation, accelerate: dict[str, Any] | None) -> None:
     """The distributed mode (from --accelerate_config, else the recipe's deepspeed/fsdp keys) and what it rules out."""
-    from sft_recipes.model import distributed_mode
+    from sft_recipes.model.quantization import distributed_mode
 
     t, m = v.recipe.training, v.recipe.model
     if accelerate is not None:
@@ -203,7 +203,7 @@ def check_distribution(v: Validation, accelerate: dict[str, Any] | None) -> None
 
 
 def _check_quant_storage(v: Validation) -> None:
-    from sft_recipes.model import compute_dtype_name
+    from sft_recipes.model.kind import compute_dtype_name
 
     m = v.recipe.model
     compute = compute_dtype_name(v.recipe.training)
@@ -274,7 +274,7 @@ def check_hardware(v: Validation) -> None:
 def check_attention(v: Validation) -> None:
     from importlib.util import find_spec
 
-    from sft_recipes.model import FLASH_PACKAGES
+    from sft_recipes.model.attention import FLASH_PACKAGES
 
     m = v.recipe.model
     requested = m.attn_implementation
@@ -306,7 +306,7 @@ def check_attention(v: Validation) -> None:
 
 def check_model_files(v: Validation) -> None:
     """config.json, model kind, remote code and pickle weights; sets v.config and v.kind."""
-    from sft_recipes.model import detect_model_kind, load_config_or_snapshot, resolve_dtype
+    from sft_recipes.model.kind import detect_model_kind, load_config_or_snapshot, resolve_dtype
 
     m, t = v.recipe.model, v.recipe.training
     v.config, snapshot = load_config_or_snapshot(m, t.trust_remote_code, v.recipe.path)
@@ -360,7 +360,8 @@ def _check_pickle_weights(v: Validation) -> None:
 
 def check_context(v: Validation) -> None:
     """#9 max_length unset, #10 max_length beyond the context, and the RoPE plan."""
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, rope_scaling_plan, text_config
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, text_config
+    from sft_recipes.model.loading import rope_scaling_plan
 
     t, m = v.recipe.training, v.recipe.model
     context = text_config(v.config).get("max_position_embeddings")
@@ -380,7 +381,7 @@ def check_context(v: Validation) -> None:
 
 
 def check_vlm(v: Validation) -> None:
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     if v.kind != IMAGE_TEXT_TO_TEXT:
         return
@@ -409,7 +410,7 @@ def check_vlm(v: Validation) -> None:
 def check_meta_model(v: Validation) -> None:
     """Parameter counts, and LoRA targets against the model's real linear layers (Σ r·(in+out) over the targets)."""
     from sft_recipes.inspection import build_meta_model
-    from sft_recipes.model import build_lora_config
+    from sft_recipes.model.lora import build_lora_config
 
     m = v.recipe.model
     try:
@@ -468,7 +469,7 @@ def _is_lora_target(name: str, module: Any, targets: Any) -> bool:
 
 def check_tokenizer(v: Validation) -> None:
     """Load the tokenizer (small), apply the recipe's template, eos and pad, check assistant-only loss can work."""
-    from sft_recipes.model import load_processing_class
+    from sft_recipes.model.tokenizer import load_processing_class
 
     m, t = v.recipe.model, v.recipe.training
     source = m.tokenizer_name_or_path or m.model_name_or_path
@@ -563,8 +564,8 @@ def _check_generation_markers(v: Validation) -> None:
 def check_data(v: Validation) -> None:
     """Load and check the data as train does (file:line problems, columns, roles, images), then tokenize the first
     rows with the chat template and masks TRL will use: share of trained tokens, truncation, the EOS."""
-    from sft_recipes.data import load_training_data
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT
+    from sft_recipes.data.loading import load_training_data
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     r = v.recipe
     source = r.model.model_name_or_path
@@ -761,7 +762,7 @@ def free_space(path: Path) -> int:
 
 
 def _bytes_per_param(v: Validation) -> int:
-    from sft_recipes.model import resolve_dtype
+    from sft_recipes.model.kind import resolve_dtype
 
     return resolve_dtype(v.recipe.model.dtype, v.recipe.training, v.config).itemsize
 

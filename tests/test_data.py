@@ -16,7 +16,8 @@ import trl
 from trl import DatasetMixtureConfig, SFTConfig
 from trl.scripts.utils import DatasetConfig
 
-from sft_recipes.data import check_file, check_rows, detect_format, load_training_data, to_trl_format
+from sft_recipes.data.formats import check_rows, detect_format, to_trl_format
+from sft_recipes.data.loading import check_file, load_training_data
 from sft_recipes.errors import RecipeError
 
 FIXTURES = Path(__file__).parent / "data"

@@ -91,7 +91,7 @@ def test_only_full_fine_tuning_under_zero3_needs_the_16bit_gather_on_save(use_pe
     from types import SimpleNamespace
 
     from sft_recipes.errors import RecipeError
-    from sft_recipes.model import check_sharded_combination
+    from sft_recipes.model.quantization import check_sharded_combination
 
     # What TrainingArguments holds under `accelerate launch` with DeepSpeed: the plugin and its resolved config.
     zero = {"stage": 3, "stage3_gather_16bit_weights_on_model_save": gathers}

@@ -1,4 +1,4 @@
-"""The model layer: kind dispatch, quantization and device-map rules, LoRA targets, tokenizer policies, RoPE."""
+"""The model layer: kind dispatch, quantization and device-map rules, tokenizer policies, RoPE (LoRA: test_lora)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,11 @@ import pytest
 import torch
 
 from sft_recipes.errors import RecipeError
-from sft_recipes.model import (
-    CAUSAL_LM,
-    IMAGE_TEXT_TO_TEXT,
-    apply_pad_policy,
-    build_lora_config,
-    build_quantization_config,
-    default_lora_targets,
-    detect_model_kind,
-    get_kbit_device_map,
-    resolve_attn_implementation,
-    resolve_dtype,
-    rope_scaling_plan,
-)
+from sft_recipes.model.attention import resolve_attn_implementation
+from sft_recipes.model.kind import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
+from sft_recipes.model.loading import rope_scaling_plan
+from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.tokenizer import apply_pad_policy
 
 
 def model_args(**overrides):
@@ -122,59 +114,6 @@ def test_rope_factor_is_ceil_of_max_length_over_context():
     assert rope_scaling_plan({"text_config": {"max_position_embeddings": 100}}, 101)["factor"] == math.ceil(1.01)
     with pytest.raises(RecipeError, match="exceeds"):
         rope_scaling_plan({"max_position_embeddings": 256}, 600, policy="off")
-
-
-def _load(path, **kw):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
-
-
-def test_default_lora_targets_are_the_seven_projections_of_llama_like_models(causal_lm_dirs):
-    for family, path in causal_lm_dirs.items():
-        model = _load(path)
-        targets = default_lora_targets(model, CAUSAL_LM)
-        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        expected = [
-            t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") if t in leaves
-        ]
-        assert targets == (expected or targets), family
-        assert "lm_head" not in targets
-
-
-def test_lora_trainable_count_is_sum_of_r_times_in_plus_out(llama_dir):
-    from peft import get_peft_model
-
-    model = _load(llama_dir)
-    r = 4
-    config = build_lora_config(model_args(use_peft=True, lora_r=r), model, CAUSAL_LM)
-    expected = sum(
-        r * (m.in_features + m.out_features)
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in config.target_modules
-    )
-    peft_model = get_peft_model(model, config)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert trainable == expected > 0
-
-
-def test_vlm_lora_leaves_the_vision_tower_and_projector_alone(vlm_dirs):
-    from peft import get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    for family, path in vlm_dirs.items():
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-        peft_model = get_peft_model(model, build_lora_config(model_args(use_peft=True), model, IMAGE_TEXT_TO_TEXT))
-        adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-        assert adapted, family
-        assert not [n for n in adapted if any(p in n for p in ("vision", "multi_modal_projector", "connector"))]
-
-
-def test_unknown_lora_targets_list_the_linear_modules_that_exist(llama_dir):
-    with pytest.raises(RecipeError, match="q_proj"):
-        build_lora_config(
-            model_args(use_peft=True, lora_target_modules=["query_key_value"]), _load(llama_dir), CAUSAL_LM
-        )
 
 
 def test_pad_policy_prefers_existing_then_unk_then_eos_then_adds():

@@ -29,7 +29,7 @@ def peft_trainable(model_dir: Path, kind: str, **lora) -> int:
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from sft_recipes.config import ModelConfig
-    from sft_recipes.model import build_lora_config
+    from sft_recipes.model.lora import build_lora_config
 
     auto = AutoModelForImageTextToText if kind == "image_text_to_text" else AutoModelForCausalLM
     model = auto.from_pretrained(model_dir)
@@ -190,7 +190,7 @@ def test_trained_token_masks_agree_with_the_trainers_labels(data, keys, tmp_path
     recipe = parsed(tmp_path, {**places, "data": str(path)}, max_length=None, **keys)
     v = validate(recipe)
     assert v.errors == []
-    from sft_recipes.data import load_training_data
+    from sft_recipes.data.loading import load_training_data
 
     train, _ = load_training_data(recipe.script, recipe.mixture, recipe.training)
     ours = [sum(_trained_tokens(v, row)[1]) for row in train]
@@ -200,8 +200,8 @@ def test_trained_token_masks_agree_with_the_trainers_labels(data, keys, tmp_path
 
 
 def test_train_refuses_a_bad_recipe_before_loading_weights(tmp_path, places, capsys, monkeypatch):
-    from sft_recipes import model
     from sft_recipes.cli import main
+    from sft_recipes.model import loading as model
 
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded")

@@ -40,7 +40,7 @@ def tokenizers(tmp_path_factory, vlm_dirs) -> dict[tuple[bool, str], Path]:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_recipe_validates(recipe, tokenizers, llama_dir, demo_data_path, tmp_path, capsys, monkeypatch):
-    from sft_recipes.model import IMAGE_TEXT_TO_TEXT, detect_model_kind
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind
 
     snapshot = recipe.parent / "config.json"
     if snapshot.is_file():  # a hub model: its config.json, a tiny tokenizer with its eos token

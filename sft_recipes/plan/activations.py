@@ -136,7 +136,7 @@ def saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: Act
         total += copies
         note += f"; {copies / GiB:.2f} GiB of bf16 weight copies made by autocast"
     vision = vision_shape(inp.config)
-    if vision and full:  # LoRA leaves the vision tower frozen (model.default_lora_targets): it keeps nothing
+    if vision and full:  # LoRA leaves the vision tower frozen (model.lora.resolve_lora_targets): it keeps nothing
         hv = vision.hidden
         per_token = 2 * (4 * hv + 4 + b * hv) + 4 * hv * b + 4 * vision.heads + 3 * vision.intermediate * b
         images = vision.patches * inp.images_per_sample * inp.micro_batch_size

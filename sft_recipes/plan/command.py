@@ -32,7 +32,7 @@ def plan_input_from_recipe(
     recipe: Any, config: dict[str, Any], parallelism: str = "single", world_size: int = 1
 ) -> PlanInput:
     """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json."""
-    from sft_recipes.model import resolve_dtype_name
+    from sft_recipes.model.kind import resolve_dtype_name
 
     model, training = recipe.model, recipe.training
     if model.load_in_4bit:
@@ -74,7 +74,7 @@ def plan_input_from_recipe(
 
 
 def _load_config(recipe: Any) -> dict[str, Any]:
-    from sft_recipes.model import load_config_or_snapshot
+    from sft_recipes.model.kind import load_config_or_snapshot
 
     return load_config_or_snapshot(recipe.model, recipe.training.trust_remote_code, recipe.path)[0]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model import text_config
+from sft_recipes.model.kind import text_config
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,248 @@
+"""A dataset's format: detected from its columns, checked row by row, converted in one cached pass for SFTTrainer."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from sft_recipes.data.rows import FORMATS, convert_row, is_conversational, row_issues
+from sft_recipes.errors import Problem, RecipeError, error
+
+if TYPE_CHECKING:
+    from datasets import Features
+
+EXTRA_COLUMNS = ("tools", "images", "chat_template_kwargs")  # passed through to TRL when present
+
+_FORMAT_HELP = (
+    "the format comes from the columns: 'prompt'+'completion', 'messages', 'conversations' (ShareGPT), "
+    "'instruction'+'output' (Alpaca) or the text field (dataset_text_field); set dataset_format, "
+    "dataset_text_field, or pick columns with a `datasets:` entry's `columns`"
+)
+
+
+def detect_format(column_names, text_field: str = "text", source: str = "dataset") -> str:
+    """The data format named by the columns, in TRL's precedence (prompt-completion before messages)."""
+    cols = set(column_names)
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion"
+    if "messages" in cols:
+        return "messages"
+    if "conversations" in cols:
+        return "sharegpt"
+    if {"instruction", "output"} <= cols:
+        return "alpaca"
+    if text_field in cols:
+        return "text"
+    raise error(source, f"cannot tell the data format; columns found: {quoted(column_names)}", fix=_FORMAT_HELP)
+
+
+def to_trl_format(
+    dataset, fmt: str, source: str, text_field: str = "text", num_proc: int | None = None, base_dir: str | None = None
+):
+    """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads.
+
+    Raises RecipeError naming "<source>[row <i>]" for bad rows: checking inside the conversion's map makes it one
+    pass, parallel under `num_proc`, and cached by `datasets` with the result, so a second run repeats neither.
+    A stream is checked as it is read. Relative image paths resolve against `base_dir`, by default the directory
+    of `source` when that is a local path.
+    """
+    from datasets import Dataset
+
+    columns = columns_of(dataset)
+    fmt = detect_format(columns, text_field, source) if fmt == "auto" else fmt
+    missing = _missing_columns(fmt, columns, text_field, source)
+    if missing:
+        raise RecipeError(missing)
+    dataset = _undecoded_images(dataset)
+    first = first_row(dataset)
+    if first is None:
+        raise error(source, "the split is empty", fix="check the path, split, data_files or fraction")
+    conversational = is_conversational(first, fmt)
+    extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
+    features = _features(fmt, conversational, _plain_chat(dataset, fmt), text_field, extras)
+    fn_kwargs = {
+        "fmt": fmt,
+        "text_field": text_field,
+        "extras": extras,
+        "base_dir": base_dir or source_dir(source),
+        "conversational": conversational,
+        "source": source,
+    }
+    map_kwargs = {"with_indices": True, "batched": True, "fn_kwargs": fn_kwargs, "remove_columns": columns}
+    if not isinstance(dataset, Dataset):
+        # IterableDataset.map ignores `features` for encoding; casting afterwards encodes (and decodes images)
+        return dataset.map(_convert_batch, **map_kwargs).cast(features)
+    try:
+        desc = f"Checking and converting {source} ({fmt})"
+        return dataset.map(_convert_batch, features=features, num_proc=num_proc, desc=desc, **map_kwargs)
+    except _BadRows as e:
+        raise RecipeError(e.args[0]) from None
+
+
+def check_rows(
+    dataset, fmt: str, source: str, limit: int | None = None, text_field: str = "text", base_dir: str | None = None
+) -> list[Problem]:
+    """Problems in the rows of `dataset` (raw in `fmt`, or already converted); `where` is "<source>[row <i>]".
+
+    Roles are system/user/assistant/tool; a system message only comes first; a tool message follows an assistant or
+    tool message; a conversation (or completion) has an assistant turn, else there is nothing to learn; assistant
+    turns are non-empty unless they carry `tool_calls`; content is a string or a list of text/image blocks; images
+    open with PIL and match the `{"type": "image"}` placeholders. Consecutive user (or assistant) turns are allowed:
+    templates that demand alternation (Gemma, Mistral) raise on their own, and many datasets are fine with it.
+    """
+    from datasets import Dataset
+
+    columns = columns_of(dataset)
+    try:
+        fmt = detect_format(columns, text_field, source) if fmt == "auto" else fmt
+    except RecipeError as e:
+        return e.problems
+    missing = _missing_columns(fmt, columns, text_field, source)
+    if missing:
+        return missing
+    if limit is not None:
+        dataset = (
+            dataset.select(range(min(limit, len(dataset)))) if isinstance(dataset, Dataset) else dataset.take(limit)
+        )
+    dataset = _undecoded_images(dataset)
+    base_dir = base_dir or source_dir(source)
+    problems: list[Problem] = []
+    conversational = None  # decided by the first row, as TRL does
+    for index, row in enumerate(_iter_rows(dataset)):
+        conversational = is_conversational(row, fmt) if conversational is None else conversational
+        issues = row_issues(row, fmt, text_field, base_dir, conversational)
+        problems += [Problem(f"{source}[row {index}]", issue) for issue in issues]
+    if conversational is None:
+        problems.append(Problem(source, "the split is empty", fix="check the path, split, data_files or fraction"))
+    return problems
+
+
+class _BadRows(Exception):
+    """Carries row problems out of a `datasets` map worker (a RecipeError would not survive pickling)."""
+
+    def __str__(self) -> str:  # what a stream shows when a bad row turns up mid-training
+        return "\n".join(str(p) for p in self.args[0])
+
+
+def _convert_batch(batch: dict, indices: list[int], **kw) -> dict:
+    fmt, text_field, base_dir, conversational = kw["fmt"], kw["text_field"], kw["base_dir"], kw["conversational"]
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    problems = [
+        Problem(f"{kw['source']}[row {index}]", issue)
+        for index, row in zip(indices, rows, strict=True)
+        for issue in row_issues(row, fmt, text_field, base_dir, conversational)
+    ]
+    if problems:
+        raise _BadRows(problems)
+    converted = [convert_row(row, fmt, text_field, kw["extras"], base_dir) for row in rows]
+    return {key: [row[key] for row in converted] for key in converted[0]} if converted else {}
+
+
+def _features(fmt: str, conversational: bool, plain: bool, text_field: str, extras: list[str]) -> Features:
+    """The output schema. Messages are `List(Json())` unless `plain`: an Arrow struct holds the union of every
+    message's keys, so `tool_calls: None` and `name: None` would reappear in each row and templates that test
+    `'tool_calls' in message` render empty tool calls."""
+    from datasets import Features, Image, Json, List, Value
+
+    chat = List({"role": Value("string"), "content": Value("string")}) if plain else List(Json())
+    if fmt == "text":
+        columns: dict[str, Any] = {text_field: Value("string")}
+    elif fmt in ("messages", "sharegpt"):
+        columns = {"messages": chat}
+    else:
+        kind = chat if conversational else Value("string")
+        columns = {"prompt": kind, "completion": kind}
+    extra_features = {"tools": Json(), "images": List(Image()), "chat_template_kwargs": Json()}
+    return Features({**columns, **{c: extra_features[c] for c in extras}})
+
+
+def _missing_columns(fmt: str, columns: list[str], text_field: str, source: str) -> list[Problem]:
+    required = {
+        "text": [text_field],
+        "messages": ["messages"],
+        "prompt_completion": ["prompt", "completion"],
+        "sharegpt": ["conversations"],
+        "alpaca": ["instruction", "output"],
+    }
+    if fmt not in required:
+        return [Problem("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")]
+    absent = [c for c in required[fmt] if c not in columns]
+    if not absent:
+        return []
+    return [
+        Problem(
+            source,
+            f"format {fmt!r} needs column {quoted(absent)}; columns found: {quoted(columns)}",
+            fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP,
+        )
+    ]
+
+
+def _plain_chat(ds, fmt: str) -> bool:
+    """Whether every message is already {role, content} strings in Arrow: a struct then pads no keys and is ~3x
+    faster to write and read than Json."""
+    from datasets import List, Value
+
+    columns = {"messages": ["messages"], "sharegpt": ["conversations"], "prompt_completion": ["prompt", "completion"]}
+    keys = {"from", "value"} if fmt == "sharegpt" else {"role", "content"}
+    for column in columns.get(fmt, []):  # alpaca rows always become {role, content} strings
+        feature = (ds.features or {}).get(column)
+        inner = feature.feature if isinstance(feature, List) else None
+        if not isinstance(inner, dict) or set(inner) != keys or any(v != Value("string") for v in inner.values()):
+            return False
+    return True
+
+
+def _undecoded_images(ds):
+    """Image columns as {path, bytes}: checking or re-encoding them needs no pixel decode."""
+    from datasets import Image, List
+
+    features = ds.features or {}
+    for column in ("images", "image"):
+        feature = features.get(column)
+        if isinstance(feature, Image):
+            ds = ds.cast_column(column, Image(decode=False))
+        elif isinstance(feature, List) and isinstance(feature.feature, Image):
+            ds = ds.cast_column(column, List(Image(decode=False)))
+    return ds
+
+
+def columns_of(ds) -> list[str]:
+    """The column names of a dataset, or of a stream's first row when the stream does not know them."""
+    if ds.column_names is not None:
+        return list(ds.column_names)
+    row = first_row(ds)
+    return list(row) if row is not None else []
+
+
+def first_row(ds) -> dict | None:
+    """The first row of a dataset or stream; None when it is empty."""
+    from datasets import Dataset
+
+    if isinstance(ds, Dataset):
+        return ds[0] if len(ds) else None
+    return next(iter(ds), None)
+
+
+def _iter_rows(ds):
+    from datasets import Dataset
+
+    if isinstance(ds, Dataset):  # batched reads are ~4x faster than row access
+        for batch in ds.iter(batch_size=1000):
+            keys = list(batch)
+            yield from (dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True))
+    else:
+        yield from ds
+
+
+def source_dir(source: str) -> str | None:
+    """The directory relative image paths of a local source resolve against; None for a hub id."""
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        return path
+    return os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else None
+
+
+def quoted(columns) -> str:
+    """Column names for a message: 'a', 'b', or (none)."""
+    return ", ".join(repr(c) for c in columns) or "(none)"

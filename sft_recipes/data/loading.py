@@ -1,0 +1,328 @@
+"""Training data in: local files, directories, hub ids and mixtures, with the eval split; checked and converted."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sft_recipes.data.formats import check_rows, columns_of, quoted, source_dir, to_trl_format
+from sft_recipes.errors import Problem, RecipeError, error
+
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text", ".arrow": "arrow"}
+
+STREAMING_CHECK_ROWS = 1000  # a stream has no end to check up to: validate its head
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | IterableDataset, Any]:
+    """Load, check and convert the training data; returns (train, eval), eval None when eval_strategy is "no".
+
+    Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
+    """
+    fmt = getattr(script_args, "dataset_format", "auto") or "auto"
+    text_field = training_args.dataset_text_field
+    num_proc = training_args.dataset_num_proc
+    want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    problems: list[Problem] = []
+    eval_ds = None
+
+    if mixture.datasets:
+        if script_args.dataset_name:
+            logger.warning(
+                "Both `datasets` and `dataset_name` are set: the `datasets` mixture is used and `dataset_name` "
+                "(%s) is ignored, as in TRL.",
+                script_args.dataset_name,
+            )
+        train = _load_mixture(mixture, fmt, text_field, num_proc, problems)
+    elif script_args.dataset_name:
+        from trl.scripts.utils import DatasetConfig
+
+        source = script_args.dataset_name
+        cfg = DatasetConfig(path=source, name=script_args.dataset_config)
+        splits = _load(cfg, "dataset_name", split=None, streaming=script_args.dataset_streaming)
+        if script_args.dataset_train_split not in splits:
+            raise error(
+                "dataset_train_split",
+                f"{source} has no split {script_args.dataset_train_split!r}; splits found: {', '.join(splits)}",
+                fix="set dataset_train_split to one of those",
+            )
+        train = _prepare(splits[script_args.dataset_train_split], fmt, source, text_field, num_proc, problems)
+        test_split = script_args.dataset_test_split
+        if want_eval and test_split in splits and test_split != script_args.dataset_train_split:
+            label = f"{source}:{test_split}"
+            eval_ds = _prepare(
+                splits[test_split], fmt, label, text_field, num_proc, problems, base_dir=source_dir(source)
+            )
+    else:
+        raise error(
+            "dataset_name",
+            "no training data given",
+            fix="set dataset_name (a .jsonl/.json/.parquet/.csv file, a directory of them, or a hub id) "
+            "or a `datasets:` list",
+        )
+
+    _raise_errors(problems)
+    if want_eval and eval_ds is None:
+        eval_ds, train = _split_eval(train, mixture.test_split_size, training_args.seed, script_args)
+    return train, eval_ds
+
+
+def check_file(path) -> list[Problem]:
+    """Problems with a local data file: missing, empty, malformed JSON (as "path:LINE"), unreadable parquet."""
+    p = Path(path)
+    if not p.is_file():
+        fix = "check the path (relative paths are resolved from the current directory)"
+        return [Problem(str(path), "file not found" if not p.exists() else "not a file", fix=fix)]
+    if p.stat().st_size == 0:
+        return [Problem(str(path), "the file is empty")]
+    if p.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(p)
+        except Exception as e:  # noqa: BLE001 - any read failure means the same thing to the user
+            return [Problem(str(path), f"not a readable parquet file: {e}")]
+    if p.suffix not in (".json", ".jsonl"):
+        return []
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        return [Problem(str(path), "the file has no rows (only blank lines)")]
+    if p.suffix == ".json":  # a .json file may hold one document (array or object) or JSON lines
+        try:
+            document = json.loads(text)
+            return [] if document else [Problem(str(path), f"the JSON document is empty ({text.strip()}): no rows")]
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":
+                return [_json_problem(path, e, e.lineno)]
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            return [_json_problem(path, e, lineno)]
+        if not isinstance(row, dict):
+            return [Problem(f"{path}:{lineno}", f"each line must be a JSON object, got {type(row).__name__}")]
+    return []
+
+
+def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
+    """datasets.load_dataset for a DatasetConfig whose `path` may also be a local file or directory."""
+    import datasets
+
+    path = os.path.expanduser(cfg.path)
+    kwargs: dict[str, Any] = {"name": cfg.name, "data_dir": cfg.data_dir, "data_files": cfg.data_files}
+    local_files: list[str] = []
+    if os.path.isdir(path):
+        local_files = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
+        if not local_files and cfg.data_files is None:
+            raise error(where, f"no data files ({', '.join(BUILDERS)}) in directory {cfg.path}")
+    elif os.path.isfile(path) or _looks_like_file(cfg.path):
+        if not os.path.isfile(path):
+            raise RecipeError(check_file(path))
+        local_files = [path]
+        kwargs["data_files"] = path
+        path = BUILDERS.get(Path(path).suffix, "json")
+    if cfg.data_files is not None and not local_files:  # generic builder ("json") with local data_files
+        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
+        local_files = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
+    try:
+        return datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
+    except Exception as e:  # datasets raises a dozen types; the user needs the file:line or the reason, not a trace
+        pinpointed = [p for f in local_files for p in check_file(f)]
+        if pinpointed:
+            raise RecipeError(pinpointed) from e
+        raise error(
+            where,
+            f"could not load {cfg.path!r}: {type(e).__name__}: {e}",
+            fix="give a local .jsonl/.json/.parquet/.csv file or directory, or a hub id (with HF_HUB_OFFLINE=1 it "
+            "must already be in the HF cache)",
+        ) from e
+
+
+def _load_mixture(mixture, fmt: str, text_field: str, num_proc: int | None, problems: list[Problem]) -> Any:
+    """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
+    import datasets
+
+    raw = []
+    for i, cfg in enumerate(mixture.datasets):
+        ds = _load(cfg, f"datasets[{i}]", split=cfg.split, streaming=mixture.streaming)
+        if cfg.columns is not None:
+            found = columns_of(ds)
+            absent = [c for c in cfg.columns if c not in found]
+            if absent:
+                raise error(
+                    f"datasets[{i}].columns",
+                    f"{cfg.path} has no column {quoted(absent)}; columns found: {quoted(found)}",
+                )
+            ds = ds.select_columns(cfg.columns)
+        raw.append(ds)
+
+    fractions = [cfg.fraction for cfg in mixture.datasets]
+    if any(f is not None for f in fractions):
+        if any(f is None for f in fractions):
+            raise error("datasets", "`fraction` must be set for every dataset of the mixture or for none")
+        if mixture.streaming:
+            raise error("datasets", "`fraction` needs dataset lengths, which streaming datasets do not have")
+        if any(f <= 0 for f in fractions):
+            raise error("datasets", f"every `fraction` must be > 0, got {fractions}", fix="drop the entry instead")
+        weights = [f / sum(fractions) for f in fractions]
+        total = min(len(ds) / w for ds, w in zip(raw, weights, strict=True))
+        raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
+
+    parts = [
+        _prepare(ds, fmt, cfg.path, text_field, num_proc, problems)
+        for ds, cfg in zip(raw, mixture.datasets, strict=True)
+    ]
+    _raise_errors(problems)
+    parts = _harmonize(parts, [cfg.path for cfg in mixture.datasets], num_proc)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _prepare(ds, fmt, source, text_field, num_proc, problems: list[Problem], base_dir: str | None = None) -> Any:
+    """Check and convert one split; problems are collected so that every source is reported at once."""
+    from datasets import Dataset
+
+    try:
+        if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
+            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, text_field=text_field, base_dir=base_dir)
+            if any(p.severity == "error" for p in head):
+                problems += head
+                return ds
+        return to_trl_format(ds, fmt, source, text_field=text_field, num_proc=num_proc, base_dir=base_dir)
+    except RecipeError as e:
+        problems += e.problems
+        return ds
+
+
+def _harmonize(parts: list, sources: list[str], num_proc: int | None) -> list:
+    """Give every part of a mixture the same columns and features, or say why they cannot be mixed."""
+    from datasets import Dataset, Features, Json, List
+
+    kinds = [_kind(ds) for ds in parts]
+    if len(set(kinds)) > 1:
+        if set(kinds) == {"messages", "prompt_completion_chat"}:
+            logger.warning(
+                "Mixing `messages` with conversational prompt-completion data: the prompt-completion sources are "
+                "turned into `messages`, so their loss covers the whole conversation unless assistant_only_loss=True."
+            )
+            chat_pc = [k == "prompt_completion_chat" for k in kinds]
+            parts = [_as_messages(ds, num_proc) if pc else ds for ds, pc in zip(parts, chat_pc, strict=True)]
+        else:
+            listing = ", ".join(f"{s} ({k})" for s, k in zip(sources, kinds, strict=True))
+            raise error(
+                "datasets",
+                f"these sources cannot be mixed into one training set: {listing}",
+                fix="convert them to one format (e.g. all conversational), or train on them separately",
+            )
+    wanted = list(dict.fromkeys(c for ds in parts for c in columns_of(ds)))
+    features = Features()
+    for column in wanted:  # message columns may be {role, content} structs in one source and Json in another
+        found = [ds.features[column] for ds in parts if column in columns_of(ds)]
+        features[column] = found[0] if all(f == found[0] for f in found) else List(Json())
+    defaults: dict[str, Any] = {"tools": None, "images": [], "chat_template_kwargs": {}}
+    aligned = []
+    for ds in parts:
+        missing = {c: defaults.get(c) for c in wanted if c not in columns_of(ds)}
+        if missing and isinstance(ds, Dataset):
+            own = Features({**ds.features, **{c: features[c] for c in missing}})
+            ds = ds.map(_add_columns, fn_kwargs={"values": missing}, features=own, num_proc=num_proc)
+        elif missing:
+            ds = ds.map(_add_columns, fn_kwargs={"values": missing})
+        ds = ds.select_columns(wanted)
+        aligned.append(ds if ds.features == features else ds.cast(features))
+    return aligned
+
+
+def _split_eval(train, size: float | None, seed: int, script_args) -> tuple[Any, Any]:
+    """(eval, train) from a seeded `test_split_size` split of train: a fraction in (0, 1) or a row count."""
+    from datasets import Dataset
+
+    if size is None:
+        raise error(
+            "eval_strategy",
+            f"evaluation is on but the data has no {script_args.dataset_test_split!r} split",
+            fix="set test_split_size (e.g. 0.05 or 200), point dataset_test_split at an existing split, "
+            "or set eval_strategy: no",
+        )
+    count = int(size) if size >= 1 and float(size).is_integer() else None
+    if not isinstance(train, Dataset):
+        if count is None:
+            raise error("test_split_size", f"a streaming dataset has no length: give a row count, not {size}")
+        return train.take(count), train.skip(count)
+    try:
+        halves = train.train_test_split(test_size=count if count is not None else size, seed=seed)
+    except ValueError as e:
+        raise error("test_split_size", str(e), fix="a fraction in (0, 1) or a row count below the dataset size") from e
+    return halves["test"], halves["train"]
+
+
+def _as_messages(ds, num_proc: int | None):
+    from datasets import Dataset
+
+    rest = [c for c in columns_of(ds) if c not in ("prompt", "completion")]
+    features = ds.features.copy()
+    features = type(features)({"messages": features["prompt"], **{c: features[c] for c in rest}})
+    if isinstance(ds, Dataset):
+        return ds.map(
+            _join_prompt_completion, remove_columns=["prompt", "completion"], features=features, num_proc=num_proc
+        )
+    return ds.map(_join_prompt_completion, remove_columns=["prompt", "completion"]).cast(features)
+
+
+def _join_prompt_completion(row: dict) -> dict:
+    return {"messages": row["prompt"] + row["completion"]}
+
+
+def _add_columns(row: dict, values: dict) -> dict:
+    return dict(values)
+
+
+def _kind(ds) -> str:
+    columns = columns_of(ds)
+    if "prompt" in columns:
+        from datasets import Value
+
+        return "prompt_completion" if isinstance(ds.features["prompt"], Value) else "prompt_completion_chat"
+    return "messages" if "messages" in columns else "text"
+
+
+def _is_data(path: str) -> bool:
+    name = os.path.basename(path)
+    return os.path.isfile(path) and not name.startswith(".") and Path(path).suffix in BUILDERS
+
+
+def _looks_like_file(path: str) -> bool:
+    return Path(path).suffix in BUILDERS or path.startswith(("./", "../", "/", "~"))
+
+
+def _flatten(data_files: Any):
+    for value in data_files.values() if isinstance(data_files, dict) else data_files:
+        yield from [value] if isinstance(value, str) else value
+
+
+def _json_problem(path, e: json.JSONDecodeError, lineno: int) -> Problem:
+    return Problem(f"{path}:{lineno}", f"malformed JSON: {e.msg} (column {e.colno})", fix="fix or delete that line")
+
+
+def _raise_errors(problems: list[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if p.severity != "error":
+            logger.warning("%s", p)
+    if not errors:
+        return
+    if len(errors) > MAX_REPORTED_PROBLEMS:
+        hidden = len(errors) - MAX_REPORTED_PROBLEMS
+        errors = errors[:MAX_REPORTED_PROBLEMS] + [Problem("data", f"... and {hidden} more problems like these")]
+    raise RecipeError(errors)

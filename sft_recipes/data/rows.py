@@ -1,0 +1,266 @@
+"""One row in any chat format: its conversion to the columns SFTTrainer reads, and checks that name what is wrong."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+from sft_recipes.errors import error
+
+FORMATS = ("text", "messages", "prompt_completion", "sharegpt", "alpaca")
+
+ROLES = ("system", "user", "assistant", "tool")
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "bard": "assistant",
+    "function_call": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "function_response": "tool",
+    "observation": "tool",
+}
+
+
+def row_issues(row: dict, fmt: str, text_field: str, base_dir: str | None, conversational: bool) -> list[str]:
+    """What is wrong with one row in `fmt` (the rules are in formats.check_rows); empty when nothing is."""
+    view = convert_row(row, fmt, text_field, [], None) if fmt in ("sharegpt", "alpaca") else row
+    if fmt == "text":
+        issues = _check_text(view[text_field], text_field)
+    elif "messages" in view:
+        issues = _check_messages(view["messages"], "messages", need_assistant=True)
+    else:
+        issues = _check_prompt_completion(view["prompt"], view["completion"], conversational)
+    return issues + _check_tools(row.get("tools")) + _check_images(row, view, base_dir)
+
+
+def is_conversational(row: dict, fmt: str) -> bool:
+    """Whether rows of `fmt` are message lists; prompt-completion rows may be either, as the first row says."""
+    if fmt == "prompt_completion":
+        return isinstance(row["prompt"], list)
+    return fmt != "text"
+
+
+def convert_row(row: dict, fmt: str, text_field: str, extras: list[str], base_dir: str | None) -> dict:
+    """One row in `fmt` -> the TRL columns. Leaves malformed values as they are, for check_rows to name."""
+    if fmt == "text":
+        out = {text_field: row[text_field]}
+    elif fmt == "messages":
+        out = {"messages": _drop_nones(row["messages"])}
+    elif fmt == "sharegpt":
+        out = {"messages": _sharegpt_messages(row)}
+    elif fmt == "alpaca":
+        out = _alpaca_prompt_completion(row)
+    elif fmt == "prompt_completion":
+        out = {"prompt": _drop_nones(row["prompt"]), "completion": _drop_nones(row["completion"])}
+    else:
+        raise error("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")
+    if "tools" in extras:
+        tools = row.get("tools")
+        if isinstance(tools, str) and tools.strip():
+            with contextlib.suppress(json.JSONDecodeError):  # check_rows reports it
+                tools = json.loads(tools)
+        out["tools"] = _drop_nones(tools) if tools else None
+    if "images" in extras:
+        images = row["images"] if "images" in row else [row.get("image")]
+        out["images"] = [_resolve_image(img, base_dir) for img in images or [] if img is not None]
+    if "chat_template_kwargs" in extras:
+        out["chat_template_kwargs"] = row.get("chat_template_kwargs") or {}
+    return out
+
+
+def _sharegpt_messages(row: dict) -> Any:
+    conversations = row["conversations"]
+    if not isinstance(conversations, list):
+        return conversations
+    messages = []
+    system = row.get("system")
+    if isinstance(system, str) and system.strip():  # LLaMA-Factory's ShareGPT keeps the system prompt in a column
+        messages.append({"role": "system", "content": system})
+    for turn in conversations:
+        if isinstance(turn, dict) and "from" in turn:
+            message = {k: v for k, v in turn.items() if k not in ("from", "value") and v is not None}
+            role = turn["from"]
+            message["role"] = SHAREGPT_ROLES.get(role.lower(), role) if isinstance(role, str) else role
+            message["content"] = turn.get("value")
+            messages.append(message)
+        else:
+            messages.append(_drop_nones(turn))
+    return messages
+
+
+def _alpaca_prompt_completion(row: dict) -> dict:
+    # CSV readers type an all-numeric column as numbers; an answer of 5 is still the text "5"
+    keys = ("instruction", "input", "system", "output")
+    instruction, extra, system, output = (str(v) if isinstance(v, int | float) else v for v in map(row.get, keys))
+    user = instruction
+    if isinstance(instruction, str) and isinstance(extra, str) and extra.strip():
+        user = f"{instruction}\n\n{extra}"
+    prompt: list[dict[str, Any]] = [{"role": "user", "content": user}]
+    if isinstance(system, str) and system.strip():
+        prompt.insert(0, {"role": "system", "content": system})
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": output}]}
+
+
+def _drop_nones(value: Any, top: bool = True) -> Any:
+    """Drop the None-valued keys Arrow adds when it unifies structs; a message's own `content` may stay None."""
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else _drop_nones(v, top) for v in value]
+    if isinstance(value, dict):
+        if all(type(v) is str for v in value.values()):  # the common {role, content} message: nothing to drop
+            return value
+        return {
+            k: v if isinstance(v, str) else _drop_nones(v, top=False)
+            for k, v in value.items()
+            if v is not None or (top and k == "content")
+        }
+    return value
+
+
+def _resolve_image(image: Any, base_dir: str | None) -> Any:
+    """Relative image paths in a local data file are relative to that file, not to the current directory."""
+    path = image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None
+    if not path or os.path.isabs(path) or "://" in path or base_dir is None:
+        return image
+    candidate = os.path.join(base_dir, path)
+    if not os.path.exists(candidate):
+        return image
+    return candidate if isinstance(image, str) else {**image, "path": candidate}
+
+
+def _check_text(text: Any, field: str) -> list[str]:
+    if not isinstance(text, str):
+        return [f"{field} is {type(text).__name__}, expected a string"]
+    return [] if text.strip() else [f"{field} is empty"]
+
+
+def _check_prompt_completion(prompt: Any, completion: Any, chat_rows: bool) -> list[str]:
+    is_chat = isinstance(prompt, list)
+    if isinstance(prompt, str) and isinstance(completion, str):
+        issues = [] if completion.strip() else ["completion is empty"]
+    elif is_chat and isinstance(completion, list):
+        issues = _check_messages(prompt, "prompt", need_assistant=False)
+        issues += _check_messages(completion, "completion", need_assistant=True, system_allowed=False)
+    else:
+        return [
+            f"prompt is {type(prompt).__name__} and completion is {type(completion).__name__}: "
+            "both must be strings or both message lists"
+        ]
+    if is_chat != chat_rows:
+        issues.append("rows mix string and conversational prompt-completion; the first row decides the format")
+    return issues
+
+
+def _check_messages(messages: Any, field: str, need_assistant: bool, system_allowed: bool = True) -> list[str]:
+    if not isinstance(messages, list):
+        return [f"{field} is {type(messages).__name__}, expected a list of {{role, content}} messages"]
+    if not messages:
+        return [f"{field} is empty"]
+    issues = []
+    previous = None
+    for i, message in enumerate(messages):
+        label = f"{field}[{i}]"
+        if not isinstance(message, dict) or "role" not in message:
+            issues.append(f"{label} is not a {{role, content}} message: {str(message)[:80]}")
+            previous = None
+            continue
+        role, content = message["role"], message.get("content")
+        if role not in ROLES:
+            issues.append(f"{label} has role {role!r}; allowed: {', '.join(ROLES)}")
+        elif role == "system" and (i > 0 or not system_allowed):
+            issues.append(f"{label} is a system message; a system message may only come first")
+        elif role == "tool" and previous not in ("assistant", "tool"):
+            issues.append(f"{label} is a tool message that does not follow an assistant turn")
+        if role == "assistant" and message.get("tool_calls") and content is None:
+            pass  # a pure tool call has no content
+        elif isinstance(content, list):
+            issues += _check_blocks(content, label)
+        elif not isinstance(content, str):
+            issues.append(f"{label} content is {type(content).__name__}, expected a string")
+        elif role == "assistant" and not content.strip() and not message.get("tool_calls"):
+            issues.append(f"{label} is an empty assistant turn")
+        previous = role
+    if need_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        issues.append(f"{field} has no assistant turn, so there is nothing to train on")
+    return issues
+
+
+def _check_blocks(blocks: list, label: str) -> list[str]:
+    """Structured content (vision datasets): [{"type": "text", "text": ...}, {"type": "image"}, ...]."""
+    for block in blocks:
+        if not isinstance(block, dict) or block.get("type") not in ("text", "image"):
+            return [f"{label} content has a block {str(block)[:80]}; expected {{'type': 'text'|'image', ...}}"]
+        if block["type"] == "text" and not isinstance(block.get("text"), str):
+            return [f"{label} content has a text block without a string 'text'"]
+    return []
+
+
+def _check_tools(tools: Any) -> list[str]:
+    if tools is None or (isinstance(tools, str) and not tools.strip()):
+        return []
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            return [f"tools is not valid JSON: {e}"]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        return ["tools must be a list of JSON-schema tool objects"]
+    return []
+
+
+def _check_images(row: dict, view: dict, base_dir: str | None) -> list[str]:
+    if "images" not in row and "image" not in row:
+        return []
+    images = row["images"] if "images" in row else [row["image"]]
+    if images is None:
+        images = []
+    if not isinstance(images, list):
+        return [f"images is {type(images).__name__}, expected a list"]
+    issues = [f"images[{i}] {msg}" for i, img in enumerate(images) if (msg := _image_issue(img, base_dir))]
+    messages = view.get("messages") or view.get("prompt")
+    if isinstance(messages, list):  # TRL fills {"type": "image"} placeholders with the images, one for one
+        placeholders = sum(
+            1
+            for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+            for b in m["content"]
+            if isinstance(b, dict) and b.get("type") == "image" and "image" not in b
+        )
+        if placeholders and placeholders != len(images):
+            issues.append(f"{len(images)} images but {placeholders} image placeholders in the messages")
+    return issues
+
+
+def _image_issue(image: Any, base_dir: str | None) -> str:
+    from io import BytesIO
+
+    try:
+        from PIL import Image
+    except ImportError:
+        return "cannot be checked: pillow is not installed (pip install 'sft-recipes[vision]')"
+    if isinstance(image, dict) and image.get("bytes"):
+        source: Any = BytesIO(image["bytes"])
+    else:
+        path = _resolve_image(image, base_dir)
+        path = path.get("path") if isinstance(path, dict) else path
+        if not isinstance(path, str):
+            return f"is {type(image).__name__}, expected a path or image bytes"
+        if "://" in path:
+            return ""  # remote: cannot be checked offline, the image processor fetches it
+        if not os.path.isfile(path):
+            return f"not found: {path}"
+        source = path
+    try:
+        with Image.open(source) as img:
+            img.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for a bad image
+        return f"is not a readable image: {e}"
+    return ""

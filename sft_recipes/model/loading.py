@@ -1,0 +1,121 @@
+"""Load a model for training: concrete dtype, attention, quantization and device map, RoPE scaling, embeddings."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.model.attention import resolve_attn_implementation
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype, text_config
+from sft_recipes.model.quantization import (
+    build_quantization_config,
+    check_sharded_combination,
+    distributed_mode,
+    get_kbit_device_map,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger("sft_recipes")
+
+
+def load_model(
+    model_args: Any, training_args: Any, kind: str, config: dict[str, Any], tokenizer: Any, mode: str | None = None
+) -> PreTrainedModel:
+    """Load for training: concrete dtype, attention with fallback, quantization + device map, RoPE scaling,
+    embeddings grown to a multiple of 8 when the tokenizer grew, use_cache off."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    mode = mode or distributed_mode(training_args)
+    check_sharded_combination(model_args, training_args, mode)
+    dtype = resolve_dtype(model_args.dtype, training_args, config)
+    quantization = build_quantization_config(model_args, compute_dtype(training_args), mode)
+    name = model_args.model_name_or_path
+    common = dict(
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    model_config = AutoConfig.from_pretrained(name, **common)
+    rope = rope_scaling_plan(config, training_args.max_length, model_args.rope_scaling_policy)
+    if rope is not None:
+        target = model_config.get_text_config()
+        params = dict(getattr(target, "rope_parameters", None) or {})
+        target.rope_parameters = {**params, **rope}
+        logger.info(
+            "max_length %s > max_position_embeddings %s: linear RoPE scaling, factor %s",
+            training_args.max_length,
+            text_config(config)["max_position_embeddings"],
+            rope["factor"],
+        )
+    auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+    logger.info(
+        "Loading %s as %s (%s, dtype=%s, attention=%s, quantization=%s, mode=%s)",
+        name,
+        auto_class.__name__,
+        kind,
+        dtype,
+        model_args.attn_implementation,
+        quantization and quantization.quant_method,
+        mode,
+    )
+    model = auto_class.from_pretrained(
+        name,
+        config=model_config,
+        dtype=dtype,
+        attn_implementation=resolve_attn_implementation(
+            model_args.attn_implementation, model_args.attn_strict, config, dtype
+        ),
+        quantization_config=quantization,
+        device_map=get_kbit_device_map(mode) if quantization is not None else None,
+        use_safetensors=None if model_args.allow_pickle_weights else True,
+        **common,
+    )
+    embeddings = embedding_rows(model)
+    if len(tokenizer) > embeddings:
+        # Open-Instruct: a multiple of 8 keeps the embedding matmul on tensor cores.
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        logger.info(
+            "Resized embeddings %d -> %d for %d tokens",
+            embeddings,
+            embedding_rows(model),
+            len(tokenizer),
+        )
+    model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
+    # Not when sharded: it upcasts every non-4-bit weight to fp32, and ZeRO-3/FSDP cannot gather mixed dtypes
+    # (DeepSpeed#8072). SFTTrainer still enables input gradients for gradient checkpointing itself.
+    if quantization is not None and mode not in ("fsdp", "zero3"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    return model
+
+
+def rope_scaling_plan(config: dict[str, Any], max_length: int | None, policy: str = "auto") -> dict[str, Any] | None:
+    """Linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length exceeds the context
+    (FastChat); None when no scaling is needed."""
+    context = text_config(config).get("max_position_embeddings")
+    if not max_length or not context or max_length <= context:
+        return None
+    if policy == "off":
+        raise RecipeError(
+            Problem(
+                "max_length",
+                f"max_length {max_length} exceeds the model's context {context} and rope_scaling_policy is off",
+                f"set max_length <= {context}, or rope_scaling_policy: auto",
+            )
+        )
+    factor = math.ceil(max_length / context)
+    return {"rope_type": "linear", "factor": float(factor)}
+
+
+def embedding_rows(model: Any) -> int:
+    """Rows of the input embedding matrix (the vocabulary size the model can take)."""
+    return int(model.get_input_embeddings().weight.shape[0])

@@ -1,0 +1,92 @@
+"""Quantization and weight placement under each distributed mode: bitsandbytes config, device map, sharding rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sft_recipes.errors import Problem, RecipeError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+
+def distributed_mode(training_args: Any = None) -> str:
+    """single, ddp, zero2, zero3 or fsdp, from what accelerate launch / the TrainingArguments say."""
+    env = os.environ
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    deepspeed = getattr(training_args, "deepspeed", None)
+    if deepspeed is not None and stage is None:
+        import json
+
+        ds = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+        stage = str(ds.get("zero_optimization", {}).get("stage", 0))
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
+        return "zero3" if stage == "3" else "zero2" if stage == "2" else "ddp"
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or getattr(training_args, "fsdp", None):
+        return "fsdp"
+    return "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def get_kbit_device_map(mode: str) -> dict[str, int] | None:
+    """Where a quantized model's weights go: this rank's GPU, or nowhere under ZeRO-3/FSDP (peft#306).
+
+    TRL removed its own in 1.8 (PR #6158). Never "auto": it spreads layers over GPUs and cannot train distributed.
+    """
+    import torch
+
+    if mode in ("zero3", "fsdp") or not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+
+
+def zero3_gathers_weights_on_save(training_args: Any) -> bool:
+    """Whether ZeRO-3 gathers the full weights when saving (accelerate's `zero3_save_16bit_model`, DeepSpeed's
+    `stage3_gather_16bit_weights_on_model_save`); "auto" counts as no, as accelerate fills it with false."""
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    config = getattr(plugin, "deepspeed_config", None) or {}
+    return config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save") is True
+
+
+def check_sharded_combination(model_args: Any, training_args: Any, mode: str) -> None:
+    """Refuse, before any weight loads, what ZeRO-3/FSDP cannot do or would leave without usable weights."""
+    if mode == "zero3" and not model_args.use_peft and not zero3_gathers_weights_on_save(training_args):
+        raise RecipeError(
+            Problem(
+                "zero3_save_16bit_model",
+                "full fine-tuning under ZeRO-3 without gathering the weights on save ends with no "
+                "model.safetensors, only per-rank DeepSpeed shards that need zero_to_fp32.py",
+                "set zero3_save_16bit_model: true in the accelerate config "
+                "(stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON)",
+            )
+        )
+
+
+def build_quantization_config(
+    model_args: Any, compute: torch.dtype, mode: str = "single"
+) -> BitsAndBytesConfig | None:
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise RecipeError(Problem("load_in_4bit", "both load_in_4bit and load_in_8bit are set", "choose one"))
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    from sft_recipes.environment import require_extra
+
+    require_extra("bitsandbytes", "quantization", "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit")
+    from transformers import BitsAndBytesConfig
+
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = model_args.bnb_4bit_quant_storage
+    if mode in ("fsdp", "zero3"):
+        # FSDP and ZeRO-3 shard only floating-point tensors of one dtype: the packed 4-bit weights must be stored
+        # in the compute dtype, or they stay whole on every rank (bitsandbytes FSDP-QLoRA guide, PEFT ZeRO-3 QLoRA).
+        storage = str(compute).removeprefix("torch.")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage or "uint8",
+    )
