@@ -183,10 +183,11 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str) -> Trained
     """An adapter without recipe.yaml (not trained here): its base as stored, grown to the adapter's vocabulary."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
 
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
     from sft_recipes.model.loading import embedding_rows
+    from sft_recipes.model.rope import BASE_CONFIG
     from sft_recipes.trained import adapter_vocab_size
 
     base = base or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -199,7 +200,9 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str) -> Trained
     auto_class = (
         AutoModelForImageTextToText if detect_model_kind(config) == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     )
-    model: Any = auto_class.from_pretrained(base, dtype=torch.float32)
+    recorded = adapter / BASE_CONFIG  # the RoPE scaling the base was trained with, when it was
+    model_config = AutoConfig.from_pretrained(recorded) if recorded.is_file() else None
+    model: Any = auto_class.from_pretrained(base, config=model_config, dtype=torch.float32)
     vocab = adapter_vocab_size(adapter)
     if vocab and vocab != embedding_rows(model):
         model.resize_token_embeddings(vocab)

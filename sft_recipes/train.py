@@ -316,7 +316,8 @@ def checkpoint_marker() -> Any:
 
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
-    EOS id and no pad among them, the resolved recipe and a run summary."""
+    EOS id and no pad among them, the resolved recipe, an adapter's base config where training changed it, and a
+    run summary."""
     import yaml
     from transformers import GenerationConfig
 
@@ -339,6 +340,10 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
     (out / "recipe.yaml").write_text(header + yaml.safe_dump(recipe.raw, sort_keys=True))
+    if recipe.model.use_peft:
+        from sft_recipes.model.loading import record_base_config
+
+        record_base_config(out, recipe.model, recipe.training)  # the adapter's base as trained (RoPE scaling)
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "steps": trainer.state.global_step,
