@@ -122,6 +122,7 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str) -> Trained:
     from sft_recipes.model.kind import compute_dtype, detect_model_kind, load_config_dict, resolve_dtype
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.topology import Topology
 
     recipe = run_recipe(adapter)
     if recipe is None:
@@ -138,7 +139,7 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str) -> Trained:
     kind = detect_model_kind(config, model_args.model_kind)
     processing_class = load_processing_class(model_args, training_args, kind)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    model = load_model(model_args, training_args, kind, config, tokenizer, mode="single")
+    model = load_model(model_args, training_args, kind, config, tokenizer, Topology())  # one process, as merged
     trained: Any = PeftModel.from_pretrained(model, str(adapter))
     trained.eval()
     use_training_kernels(trained)
