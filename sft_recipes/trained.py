@@ -17,6 +17,7 @@ from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
 from sft_recipes.model.loading import embedding_rows
 from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.rope import BASE_CONFIG
 from sft_recipes.topology import Topology
 
 logger = logging.getLogger("sft_recipes")
@@ -43,6 +44,7 @@ class RunLayout:
     recipe: dict[str, Any] = field(default_factory=dict)  # the recipe.yaml train wrote ({} for a plain model)
     recipe_path: Path | None = None
     generation_dir: Path | None = None  # where generation_config.json comes from
+    base_config: Path | None = None  # an adapter's base config as training changed it (RoPE scaling), if it did
 
     @property
     def quantization(self) -> str | None:
@@ -142,6 +144,7 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     recipe_path = next((p for p in _run_files(path, "recipe.yaml", is_checkpoint)), None)
     recipe = _read_recipe(recipe_path) if recipe_path else {}
     generation_dir = next((p.parent for p in _run_files(path, "generation_config.json", is_checkpoint)), None)
+    base_config = next(iter(_run_files(path, BASE_CONFIG, is_checkpoint)), None)
     if (path / "adapter_config.json").is_file():
         adapter = json.loads((path / "adapter_config.json").read_text())
         overridden = base is not None
@@ -162,7 +165,9 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     else:
         raise RecipeError(Problem(str(path), _not_a_run(path), RUN_FIX))
     kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
-    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
+    if weights != "adapter":
+        base_config = None
+    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir, base_config)
 
 
 def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
@@ -280,6 +285,7 @@ def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device:
     from types import SimpleNamespace
 
     from peft import PeftModel
+    from transformers import AutoConfig
 
     from sft_recipes.config import ModelConfig
 
@@ -293,6 +299,8 @@ def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device:
     torch_dtype = resolve_dtype(dtype or model_args.dtype, precision, layout.config)
     model = auto_class.from_pretrained(
         layout.base,
+        # The RoPE scaling the base was trained with lives in this config, not in the base's own.
+        config=AutoConfig.from_pretrained(layout.base_config) if layout.base_config else None,
         revision=layout.recipe.get("model_revision"),
         dtype=torch_dtype,
         quantization_config=quantization,
