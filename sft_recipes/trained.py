@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
-from sft_recipes.model.loading import embedding_rows
-from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, text_config
 from sft_recipes.model.rope import BASE_CONFIG
-from sft_recipes.topology import Topology
 
 logger = logging.getLogger("sft_recipes")
 
@@ -234,7 +231,7 @@ def load_trained(
     model: Any
     try:
         if layout.weights == "adapter":
-            model = _load_adapter(layout, auto_class, dtype, device, common)
+            model = _load_adapter(layout, dtype, device)
         else:
             model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common)
             model = model.to(device)
@@ -279,54 +276,17 @@ def _load_processing_class(layout: RunLayout) -> Any:
     return processing_class
 
 
-def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device: str, common: dict[str, Any]) -> Any:
-    """The base loaded as it was trained (dtype, 4/8-bit), grown to the adapter's vocabulary, with the adapter on."""
-    from dataclasses import fields
-    from types import SimpleNamespace
+def _load_adapter(layout: RunLayout, dtype: str | None, device: str) -> Any:
+    """The base loaded as it was trained (model.adapter: the run's recipe through the loader), adapter on."""
+    import torch
 
-    from peft import PeftModel
-    from transformers import AutoConfig
+    from sft_recipes.model.adapter import load_trained_model
 
-    from sft_recipes.config import ModelConfig
-
-    keys = {f.name for f in fields(ModelConfig) if f.init}
-    model_args = ModelConfig(**{k: v for k, v in layout.recipe.items() if k in keys})
-    # SFTConfig's own default: bf16 unless fp16.
-    precision = SimpleNamespace(
-        bf16=layout.recipe.get("bf16", not layout.recipe.get("fp16", False)), fp16=layout.recipe.get("fp16", False)
-    )
-    quantization = build_quantization_config(model_args, compute_dtype(precision), Topology())
-    torch_dtype = resolve_dtype(dtype or model_args.dtype, precision, layout.config)
-    model = auto_class.from_pretrained(
-        layout.base,
-        # The RoPE scaling the base was trained with lives in this config, not in the base's own.
-        config=AutoConfig.from_pretrained(layout.base_config) if layout.base_config else None,
-        revision=layout.recipe.get("model_revision"),
-        dtype=torch_dtype,
-        quantization_config=quantization,
-        device_map=get_kbit_device_map(Topology()) if quantization is not None else None,
-        **common,
-    )
-    if quantization is None:
-        model = model.to(device)
-    vocab = adapter_vocab_size(layout.path)
-    if vocab and vocab != embedding_rows(model):
-        model.resize_token_embeddings(vocab)
-    return PeftModel.from_pretrained(model, str(layout.path))
-
-
-def adapter_vocab_size(adapter: Path) -> int | None:
-    """The embedding rows the adapter was trained with, when training resized them (it then saves embed_tokens)."""
-    from safetensors import safe_open
-
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), "pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
-    return None
+    trained = load_trained_model(layout.path, layout.base, dtype, layout.recipe_path)
+    model = trained.model
+    if trained.base_weights != "unquantized":
+        return model  # bitsandbytes layers stay where the loader placed them
+    return model.to(device, dtype=getattr(torch, dtype) if dtype and dtype != "auto" else None)
 
 
 def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:
