@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-
-CONFIG_DIRS = (Path.cwd() / "accelerate_configs", Path(__file__).resolve().parent.parent / "accelerate_configs")
+from sft_recipes.resources import accelerate_config, accelerate_config_names
 
 
 def resolve_accelerate_config(name_or_path: str) -> Path:
@@ -18,16 +17,14 @@ def resolve_accelerate_config(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    for directory in CONFIG_DIRS:
-        candidate = directory / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
-    known = sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    shipped = accelerate_config(name_or_path)
+    if shipped is not None:
+        return shipped
     raise RecipeError(
         Problem(
             "--accelerate_config",
             f"no accelerate config {name_or_path!r}",
-            f"use one of {known} or a path to a YAML file",
+            f"use one of {accelerate_config_names()} or a path to a YAML file",
         )
     )
 
