@@ -41,6 +41,18 @@ def demo_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_heldout_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 rows of the demo task drawn with another seed: the questions train saw, in another order."""
+    import json
+
+    from sft_recipes.tiny import demo_rows
+
+    path = tmp_path_factory.mktemp("demo-heldout") / "heldout.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in demo_rows(40, seed=1)))
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, demo_data_file: Path) -> Path:
     """The demo recipe, shortened, with a full-weights checkpoint-60 on the way."""
     from sft_recipes.cli import main
