@@ -75,6 +75,8 @@ def test_eval_on_the_demo_shows_the_tuned_model_below_the_base_loss_and_answerin
 
 
 def test_the_loss_is_the_models_own_mean_over_the_labels_train_uses(tmp_path, demo_run_dir, demo_heldout_file):
+    import torch
+
     from sft_recipes.evaluation.heldout import eval_recipe, load_rows, prepared_batches
     from sft_recipes.evaluation.scoring import token_loss
     from sft_recipes.trained import load_trained
@@ -86,7 +88,8 @@ def test_the_loss_is_the_models_own_mean_over_the_labels_train_uses(tmp_path, de
     assert len(batches) == 40
     for batch in batches[:10]:
         total, count = token_loss(run.model, [batch])
-        hf = run.model(**batch, use_cache=False).loss  # transformers' causal-LM loss on the collator's labels
+        with torch.no_grad():
+            hf = run.model(**batch, use_cache=False).loss  # transformers' causal-LM loss on the collator's labels
         assert count == int((batch["labels"][0, 1:] != -100).sum()) and count < batch["input_ids"].shape[1] / 2
         assert math.isclose(total / count, float(hf), rel_tol=1e-5)
 

@@ -25,18 +25,19 @@ h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 32px 0 10px; }
 .meta { color: var(--muted); font-size: 13px; margin: 0; }
 .meta code { font-size: 12.5px; background: var(--card); padding: 1px 5px; border-radius: 4px; word-break: break-all; }
-.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(230px, 1fr)); gap: 14px; margin-top: 22px; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(250px, 1fr)); gap: 14px; margin-top: 22px; }
 .metric { border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px; background: #fff; }
 .metric .name { font-weight: 600; }
 .metric .hint { color: var(--muted); font-size: 12px; }
 .pair { display: flex; gap: 10px; margin-top: 10px; }
 .value { flex: 1; border-radius: 8px; padding: 8px 10px; background: var(--card); border: 1px solid transparent; }
-.value .who { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.value .who { display: flex; align-items: center; gap: 6px; white-space: nowrap;
+  font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .value .number { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .value.better { background: var(--good-bg); border-color: #aceebb; }
 .value.better .number { color: var(--good); }
-.tag { display: inline-block; margin-left: 8px; font-size: 10.5px; font-weight: 600; color: #fff; letter-spacing: 0;
-  text-transform: none; background: var(--good); border-radius: 9px; padding: 0 7px; }
+.tag { font-size: 10.5px; font-weight: 600; color: #fff; letter-spacing: 0; text-transform: none;
+  background: var(--good); border-radius: 9px; padding: 0 6px; line-height: 16px; }
 table { width: 100%; border-collapse: separate; border-spacing: 0; table-layout: fixed;
   border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
 th { text-align: left; font-size: 13px; background: var(--card); padding: 9px 12px;
