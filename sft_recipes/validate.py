@@ -159,7 +159,7 @@ def check_quantization(v: Validation) -> None:
 
 def check_distribution(v: Validation, accelerate: dict[str, Any] | None) -> None:
     """The distributed mode (from --accelerate_config, else the recipe's deepspeed/fsdp keys) and what it rules out."""
-    from sft_recipes.model.quantization import distributed_mode
+    from sft_recipes.topology import Topology
 
     t, m = v.recipe.training, v.recipe.model
     if accelerate is not None:
@@ -167,7 +167,8 @@ def check_distribution(v: Validation, accelerate: dict[str, Any] | None) -> None
         _check_mixed_precision(v, accelerate)
     else:
         try:
-            v.mode = distributed_mode(t)
+            mode = Topology.from_env(t).mode
+            v.mode = "fsdp" if mode == "fsdp2" else mode
         except (OSError, ValueError) as err:
             v.add(v.key("deepspeed"), f"cannot read the DeepSpeed config: {err}", "point deepspeed at a JSON file")
         v.num_processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -713,7 +714,7 @@ def _report_untrained_eos(v: Validation, count: int, of: int) -> None:
 
 def check_output_dir(v: Validation) -> None:
     """#19 a finished run in output_dir, a live run writing there, and #20 the disk space checkpoints will take."""
-    from sft_recipes.train import lock_holder, resume_checkpoint
+    from sft_recipes.run_dir import lock_holder, resume_checkpoint
 
     t, s = v.recipe.training, v.recipe.script
     out = t.output_dir

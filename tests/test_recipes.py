@@ -87,16 +87,20 @@ def test_a_key_renamed_by_trl_fails_the_parse_and_names_the_key(tmp_path, old, n
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_header_launch_command_goes_through_our_launcher_to_a_bundled_config(path):
-    from sft_recipes.launch import launch_command
+    from sft_recipes.arguments import launch_flags, parse_with_recipe
+    from sft_recipes.launch import launch_command, launch_precision
+    from sft_recipes.train import build_parser
 
     command = header_command(path)
     assert command[:4] == ["sft-recipes", "train", "--config", str(path.relative_to(ROOT))]
-    line = launch_command("train", command[2:])
+    args, rest = parse_with_recipe(build_parser(), command[2:])
+    line = launch_command("train", launch_flags(args), rest)
     if "--accelerate_config" not in command:
         assert line is None  # a single-process run
         return
     config = Path(line[line.index("--config_file") + 1])
     assert config.parent.name == "accelerate_configs" and config.is_file()
+    assert line[line.index("--mixed_precision") + 1] == launch_precision(parse(path).training)
     assert line[line.index("-m", 3) :] == ["-m", "sft_recipes", "train", "--config", command[3]]
 
 
@@ -116,12 +120,13 @@ def topologies(path: Path) -> list[str]:
 )
 def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path, topology):
     from sft_recipes.launch import read_accelerate_config
-    from sft_recipes.model.quantization import check_sharded_combination, distributed_mode
+    from sft_recipes.model.quantization import check_sharded_combination
+    from sft_recipes.topology import Topology
     from sft_recipes.validate import Validation, check_distribution
 
     recipe = parse(path)
     accelerate = read_accelerate_config(topology)
-    assert distributed_mode(recipe.training) == "single"  # the topology comes from the launcher, not the recipe
+    assert Topology.from_env(recipe.training).mode == "single"  # the topology comes from the launcher, not the recipe
     v = Validation(recipe)
     check_distribution(v, accelerate)
     assert v.problems == [], [str(p) for p in v.problems]
@@ -130,4 +135,6 @@ def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path
     plugin = SimpleNamespace(
         deepspeed_config={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": gathers}}
     )
-    check_sharded_combination(recipe.model, SimpleNamespace(deepspeed_plugin=plugin), accelerate["mode"])
+    check_sharded_combination(
+        recipe.model, SimpleNamespace(deepspeed_plugin=plugin), Topology.from_accelerate_config(topology)
+    )

@@ -145,9 +145,16 @@ def finished_run(tmp: Path, _: pytest.MonkeyPatch, places: dict[str, str]) -> No
     (tmp / "out" / "run_summary.json").write_text(json.dumps({"steps": 4}))
 
 
-def live_lock(tmp: Path, _: pytest.MonkeyPatch, places: dict[str, str]) -> None:
-    (tmp / "out").mkdir()
-    (tmp / "out" / ".sft_recipes.lock").write_text(f"{os.getpid()}\n")
+def live_lock(tmp: Path, monkeypatch: pytest.MonkeyPatch, places: dict[str, str]) -> None:
+    """This process holds output_dir's lock, as a live run would, until the test ends."""
+    import sys
+
+    from sft_recipes.run_dir import output_lock
+
+    held = output_lock(str(tmp / "out"))
+    held.__enter__()
+    # monkeypatch holds the only reference; its undo at teardown drops it, which releases the lock
+    monkeypatch.setattr(sys.modules[__name__], "HELD_LOCK", held, raising=False)
 
 
 def full_disk(tmp: Path, monkeypatch: pytest.MonkeyPatch, places: dict[str, str]) -> None:
