@@ -120,6 +120,22 @@ def test_a_qlora_checkpoint_is_scored_on_its_base_quantized_to_4_bit(demo_eval, 
     assert result["tuned"]["loss"] < result["base"]["loss"]
 
 
+def test_a_vlm_adapter_is_scored_on_its_image_rows_with_the_image_in_each_prompt(vlm_lora_run_dir, vlm_rows_file):
+    from sft_recipes.evaluation.heldout import eval_recipe, first_samples, load_rows
+    from sft_recipes.trained import load_trained
+
+    result = eval_json(vlm_lora_run_dir, "--data", vlm_rows_file, "--n", "1")
+    assert result["base"]["tokens"] == result["tuned"]["tokens"] > 0
+    assert result["tuned"]["loss"] < result["base"]["loss"]
+    assert result["samples"][0]["prompt"] == "What colour is this?"
+    assert result["samples"][0]["reference"] == "It is red."
+    run = load_trained(vlm_lora_run_dir)
+    rows, _ = load_rows(eval_recipe(run.layout, None, []), str(vlm_rows_file))
+    inputs = run.encode(first_samples(rows, 1)[0].prompt)
+    assert inputs["pixel_values"].shape[0] == 1  # the row's image, set into its placeholder
+    assert int((inputs["input_ids"] == run.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 16
+
+
 def test_config_scores_the_recipes_eval_split(caplog, demo_run_dir, demo_base_dir, demo_data_file):
     from sft_recipes.demo import DEFAULT_RECIPE
 

@@ -1,6 +1,6 @@
 """A pytest plugin (`pytest_plugins = ["trained_runs"]`) of runs trained once per session for the chat and loader
-tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run and a QLoRA run with checkpoints,
-all on the demo's tiny llama."""
+and eval tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run and a QLoRA run with
+checkpoints, all on the demo's tiny llama, and a LLaVA LoRA run on image rows."""
 
 from __future__ import annotations
 
@@ -125,3 +125,30 @@ def qlora_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path,
         )
 
     return build(tmp_path_factory.mktemp("qlora-run"))
+
+
+@pytest.fixture(scope="session")
+def vlm_rows_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 chat rows that each show the same red image (red.png beside the file) and say it is red."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("vlm-rows")
+    Image.new("RGB", (40, 30), "red").save(root / "red.png")
+    user = [{"type": "image"}, {"type": "text", "text": "What colour is this?"}]
+    row = {"images": [str(root / "red.png")], "messages": [{"role": "user", "content": user}]}
+    row["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "It is red."}]})
+    (root / "vision.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    return root / "vision.jsonl"
+
+
+@pytest.fixture(scope="session")
+def vlm_lora_run_dir(tmp_path_factory: pytest.TempPathFactory, vlm_rows_file: Path) -> Path:
+    """A llava LoRA run of three steps on vlm_rows_file."""
+    from sft_recipes.tiny import build_vlm
+
+    root = tmp_path_factory.mktemp("vlm-lora-run")
+    base = build_vlm("llava", root / "llava")
+    keys = {"max_length": None, "use_peft": True, "lora_r": 4, "max_steps": 3, "per_device_train_batch_size": 2}
+    return train(root, model_name_or_path=str(base), dataset_name=str(vlm_rows_file), **keys)
