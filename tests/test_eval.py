@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,23 @@ def test_a_recorded_base_that_is_gone_is_named_and_base_replaces_it(tmp_path, de
     result = eval_json(run_dir, *rows, "--n", "1", "--base", demo_base_dir)
     assert result["run"]["base"] == str(demo_base_dir) and result["samples"][0]["tuned_exact_match"]
     assert result["tuned"]["loss"] < result["base"]["loss"]
+
+
+def test_secrets_recipe_yaml_redacted_never_replace_the_environments(tmp_path, monkeypatch, demo_run_dir):
+    from sft_recipes.evaluation.heldout import eval_recipe
+    from sft_recipes.trained import locate_run
+
+    run_dir = shutil.copytree(demo_run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint-*"))
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe.update(env={"HF_TOKEN": "<redacted>", "EVAL_FLAG": "1"}, hub_token="<redacted>")
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.setenv("HF_TOKEN", "hf_working")
+    monkeypatch.setenv("EVAL_FLAG", "0")
+    eval_recipe(locate_run(run_dir), None, [])
+    assert os.environ["HF_TOKEN"] == "hf_working" and os.environ["EVAL_FLAG"] == "1"  # the plain env still applies
+    monkeypatch.delenv("HF_TOKEN")
+    eval_recipe(locate_run(run_dir), None, [])
+    assert "HF_TOKEN" not in os.environ
 
 
 def write_rows(path, *rows) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from sft_recipes.errors import Problem, RecipeError
 
 logger = logging.getLogger("sft_recipes")
 
+REDACTED = "<redacted>"
 NO_HELD_OUT_FIX = (
     "hold rows out the way train does (--test_split_size 0.05 with the recipe train used, or a dataset_test_split "
     "the data has), or pass --data FILE"
@@ -51,7 +53,15 @@ def eval_recipe(layout: Any, config: str | None, overrides: list[str]) -> Any:
                 "pass --config with the recipe this model was trained with",
             )
         )
+    before = dict(os.environ)
     recipe = parse_recipe(["--config", config or str(layout.recipe_path), *overrides])
+    for key, value in list(os.environ.items()):
+        # recipe.yaml keeps secrets as "<redacted>": exported, they would replace a working HF_TOKEN.
+        if value == REDACTED:
+            if key in before:
+                os.environ[key] = before[key]
+            else:
+                del os.environ[key]
     # The run's saved tokenizer already holds the chat template (and the tokens) chat_template_path gave it.
     recipe.training.chat_template_path = None
     return recipe
