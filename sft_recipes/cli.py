@@ -21,6 +21,7 @@ COMMANDS = {
     "chat": "sft_recipes.chat",
     "eval": "sft_recipes.evaluation.command",
     "env": "sft_recipes.environment",
+    "migrate": "sft_recipes.migrate",
 }
 
 
