@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
 def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, Any], list[list[tuple[str, str]]]]:
     """The result document (the --json output) and each sample's prompt turns."""
     from sft_recipes.evaluation.heldout import eval_recipe, first_samples, load_rows, prepared_batches
-    from sft_recipes.evaluation.scoring import base_of, rouge_scorer, score
+    from sft_recipes.evaluation.scoring import base_of, recorded_base, rouge_scorer, score
     from sft_recipes.trained import load_trained, locate_run
 
     scorer = rouge_scorer()  # a missing extra fails before anything loads
@@ -100,18 +100,18 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, 
     recipe = eval_recipe(layout, args.config, overrides)
     rows, label = load_rows(recipe, args.data)
     samples = first_samples(rows, args.n)
+    base_model = recorded_base(layout, recipe, args.base)
     run = load_trained(args.output_dir, base=args.base)
     max_new_tokens = args.max_new_tokens or default_max_new_tokens(run, samples)
-    base_name = str(layout.base if layout.weights == "adapter" else args.base or recipe.model.model_name_or_path)
     with tempfile.TemporaryDirectory(prefix="sft-recipes-eval-") as workdir:
         batches = prepared_batches(recipe, rows, run, workdir)
         logger.info("Scoring %s", run.describe())
         tuned, tuned_answers = score(run, batches, samples, max_new_tokens, scorer)
-        with base_of(run, args.base) as base:
-            logger.info("Scoring the base model %s", base_name)
+        with base_of(run, base_model) as base:
+            logger.info("Scoring the base model %s", base_model.name)
             base_figures, base_answers = score(base, batches, samples, max_new_tokens, scorer)
     result = {
-        "run": {"path": str(layout.path.resolve()), "base": base_name, "data": label, "rows": _length(rows)},
+        "run": {"path": str(layout.path.resolve()), "base": base_model.name, "data": label, "rows": _length(rows)},
         "base": dataclasses.asdict(base_figures),
         "tuned": dataclasses.asdict(tuned),
         "samples": [

@@ -117,29 +117,58 @@ def score(run: Any, batches: Any, samples: list[Any], max_new_tokens: int, score
     return Figures(loss, perplexity, share, rouge, count), replies
 
 
+@dataclass(frozen=True)
+class BaseModel:
+    """Where the base model comes from, and how an error about it names its origin."""
+
+    name: str
+    where: str  # e.g. "recipe.yaml: model_name_or_path M" or "--base M"
+    revision: str | None = None
+
+
+def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
+    """The base to compare with: the adapter's (--base already applied to it), else --base, else the run's
+    recipe.yaml model_name_or_path, else --config's; its config.json is read now, so a base that is gone fails
+    before any model is scored."""
+    from transformers import PretrainedConfig
+
+    if layout.weights == "adapter":
+        return BaseModel(str(layout.base), f"{layout.path}: the adapter's base {layout.base}")
+    if override:
+        base = BaseModel(override, f"--base {override}")
+    elif layout.recipe.get("model_name_or_path"):
+        name = str(layout.recipe["model_name_or_path"])
+        where = f"{layout.recipe_path}: model_name_or_path {name}"
+        base = BaseModel(name, where, layout.recipe.get("model_revision"))
+    elif recipe.path and recipe.model.model_name_or_path:
+        name = recipe.model.model_name_or_path
+        base = BaseModel(name, f"{recipe.path}: model_name_or_path {name}", recipe.model.model_revision)
+    else:
+        raise RecipeError(Problem(str(layout.path), "the run does not record its base model", BASE_FIX))
+    try:
+        PretrainedConfig.get_config_dict(base.name, revision=base.revision)
+    except (OSError, ValueError) as err:
+        raise RecipeError(Problem(base.where, f"cannot be read: {str(err).splitlines()[0]}", BASE_FIX)) from None
+    return base
+
+
 @contextlib.contextmanager
-def base_of(run: Any, base: str | None) -> Iterator[Any]:
+def base_of(run: Any, base: BaseModel) -> Iterator[Any]:
     """The run's base model, prompted and stopped as the run is (its template, EOS ids and generation config):
-    for an adapter the same model with the adapter disabled (its base loaded as trained, --base already applied),
-    else `base` or recipe.yaml's model_name_or_path, loaded in the run's dtype once the tuned weights are freed."""
+    for an adapter the same model with the adapter disabled (its base loaded as trained), else `base` loaded in
+    the run's dtype once the tuned weights are freed."""
     if run.layout.weights == "adapter":
         with run.model.disable_adapter():
             yield run
         return
-    name = base or run.layout.recipe.get("model_name_or_path")
-    if not name:
-        raise RecipeError(
-            Problem(str(run.layout.path), "the run does not record its base model (no recipe.yaml)", BASE_FIX)
-        )
-    where = f"--base {name}" if base else f"{run.layout.recipe_path}: model_name_or_path {name}"
     device, dtype = run.model.device, run.model.dtype
     run.model = None  # scored already: two full models need not share the memory
     gc.collect()
-    model = load_base_model(run, name, None if base else run.layout.recipe.get("model_revision"), where, dtype)
+    model = load_base_model(run, base, dtype)
     yield dataclasses.replace(run, model=model.to(device).eval())
 
 
-def load_base_model(run: Any, name: str, revision: str | None, where: str, dtype: Any) -> Any:
+def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
     """The base weights alone (the run's tokenizer goes with them), grown to the run's vocabulary as train grew it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -147,17 +176,17 @@ def load_base_model(run: Any, name: str, revision: str | None, where: str, dtype
 
     auto_class = AutoModelForImageTextToText if run.is_vlm else AutoModelForCausalLM
     recipe = run.layout.recipe
-    logger.info("Loading the base model %s", name)
+    logger.info("Loading the base model %s", base.name)
     try:
         model = auto_class.from_pretrained(
-            name,
-            revision=revision,
+            base.name,
+            revision=base.revision,
             dtype=dtype,
             trust_remote_code=bool(recipe.get("trust_remote_code", False)),
             use_safetensors=None if recipe.get("allow_pickle_weights") else True,
         )
     except (OSError, ValueError) as err:
-        raise RecipeError(Problem(where, f"cannot be loaded: {str(err).splitlines()[0]}", BASE_FIX)) from None
+        raise RecipeError(Problem(base.where, f"cannot be loaded: {str(err).splitlines()[0]}", BASE_FIX)) from None
     if len(run.tokenizer) > embedding_rows(model):
         model.resize_token_embeddings(len(run.tokenizer), pad_to_multiple_of=8)
     return model
