@@ -75,6 +75,19 @@ def test_eval_on_the_demo_shows_the_tuned_model_below_the_base_loss_and_answerin
         assert sample["base_exact_match"] == (sample["base"] == sample["reference"])
 
 
+def test_the_terminal_table_shows_both_models_figures_and_every_sample(demo_eval):
+    from sft_recipes.evaluation.command import render_text
+
+    handle = io.StringIO()
+    render_text(demo_eval, handle)
+    lines = handle.getvalue().splitlines()
+    loss = next(line for line in lines if "Loss" in line)
+    assert f"{demo_eval['base']['loss']:.4f}" in loss and f"{demo_eval['tuned']['loss']:.4f}" in loss
+    exact = next(line for line in lines if "Exact match" in line)
+    assert exact.index("0%") < exact.index("100%")  # base, then tuned
+    assert sum(line.count("ROUGE-L 1.00") for line in lines) >= len(demo_eval["samples"])  # each tuned answer
+
+
 def test_the_loss_is_the_models_own_mean_over_the_labels_train_uses(tmp_path, demo_run_dir, demo_heldout_file):
     import torch
 
