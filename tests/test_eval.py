@@ -157,9 +157,23 @@ def test_config_scores_the_recipes_eval_split(caplog, demo_run_dir, demo_base_di
     result = eval_json(demo_run_dir, *recipe, "--test_split_size", "24", "--n", "3")
     assert result["run"]["rows"] == 24 and str(DEFAULT_RECIPE) in result["run"]["data"]
     assert result["tuned"]["loss"] < result["base"]["loss"] and len(result["samples"]) == 3
-    assert "were trained on" in caplog.text  # the demo trains with eval_strategy: no, so it held nothing out
+    assert "rows of it were trained on" in caplog.text  # the demo trains with eval_strategy: no: nothing held out
     code, out, err = run_eval(demo_run_dir, *recipe)
     assert code == 2 and out == "" and "holds no rows out" in err and "--test_split_size" in err
+
+
+def test_a_split_counts_as_held_out_only_when_the_run_split_it_off_the_same_way():
+    from types import SimpleNamespace
+
+    from sft_recipes.evaluation.heldout import held_out_by_training
+
+    recipe = SimpleNamespace(training=SimpleNamespace(eval_strategy="no"), mixture=SimpleNamespace(test_split_size=24))
+    assert held_out_by_training({"eval_strategy": "steps", "test_split_size": 24}, recipe)
+    assert not held_out_by_training({"eval_strategy": "steps", "test_split_size": 0.1}, recipe)
+    assert not held_out_by_training({"test_split_size": 24}, recipe)  # train's default: no evaluation, no split
+    assert not held_out_by_training({}, recipe)  # no recipe.yaml: the recipe given trains without evaluation
+    recipe.training.eval_strategy = "epoch"
+    assert held_out_by_training({}, recipe)
 
 
 def test_a_recorded_base_that_is_gone_is_named_and_base_replaces_it(tmp_path, demo_eval, demo_run_dir, demo_base_dir):

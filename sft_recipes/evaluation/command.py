@@ -98,7 +98,7 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, 
     scorer = rouge_scorer()  # a missing extra fails before anything loads
     layout = locate_run(args.output_dir, args.base)
     recipe = eval_recipe(layout, args.config, overrides)
-    rows, label = load_rows(recipe, args.data)
+    rows, label = load_rows(recipe, args.data, layout.recipe)
     samples = first_samples(rows, args.n)
     base_model = recorded_base(layout, recipe, args.base)
     run = load_trained(args.output_dir, base=args.base)

@@ -67,9 +67,9 @@ def eval_recipe(layout: Any, config: str | None, overrides: list[str]) -> Any:
     return recipe
 
 
-def load_rows(recipe: Any, data: str | None) -> tuple[Any, str]:
+def load_rows(recipe: Any, data: str | None, trained: dict[str, Any] | None = None) -> tuple[Any, str]:
     """(rows, where they come from): the rows of `data`, or the recipe's eval split, checked and converted by the
-    data layer as train converts them."""
+    data layer as train converts them; `trained` is the run's recipe.yaml, to warn when train did not hold them out."""
     from sft_recipes.config import DatasetMixtureConfig, ScriptArguments
     from sft_recipes.data.formats import columns_of
     from sft_recipes.data.loading import load_training_data
@@ -90,10 +90,10 @@ def load_rows(recipe: Any, data: str | None) -> tuple[Any, str]:
                 Problem(f"{recipe.path}", "the recipe holds no rows out: its data has no test split", NO_HELD_OUT_FIX)
             ) from None
         label = f"the eval split of {recipe.path}"
-        if _no_eval_in_training(recipe) and recipe.mixture.test_split_size is not None:
+        if recipe.mixture.test_split_size is not None and not held_out_by_training(trained or {}, recipe):
             logger.warning(
-                "The recipe trains with eval_strategy: no, so train split nothing off: these %s rows were trained on",
-                recipe.mixture.test_split_size,
+                "The run did not hold out this test_split_size split (its recipe.yaml has eval_strategy: no or "
+                "another test_split_size): rows of it were trained on"
             )
     columns = columns_of(rows)
     if "messages" not in columns and "prompt" not in columns:
@@ -107,9 +107,14 @@ def load_rows(recipe: Any, data: str | None) -> tuple[Any, str]:
     return rows, label
 
 
-def _no_eval_in_training(recipe: Any) -> bool:
-    strategy = recipe.training.eval_strategy
-    return str(getattr(strategy, "value", strategy)) == "no"
+def held_out_by_training(trained: dict[str, Any], recipe: Any) -> bool:
+    """Whether train split these test_split_size rows off too: its recipe.yaml (`trained`) has evaluation on and the
+    same test_split_size. A run without recipe.yaml is taken to have trained with the recipe given."""
+    if trained:
+        strategy, size = trained.get("eval_strategy", "no"), trained.get("test_split_size")
+    else:
+        strategy, size = recipe.training.eval_strategy, recipe.mixture.test_split_size
+    return str(getattr(strategy, "value", strategy)) != "no" and size == recipe.mixture.test_split_size
 
 
 def first_samples(rows: Any, n: int) -> list[Sample]:
