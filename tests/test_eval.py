@@ -117,6 +117,16 @@ def test_packed_rows_give_the_padded_loss(demo_eval, demo_run_dir, demo_heldout_
         assert packed[who]["exact_match"] is None and packed["samples"] == []
 
 
+def test_prompt_completion_rows_score_as_the_same_conversations(tmp_path, demo_eval, demo_run_dir, demo_heldout_file):
+    rows = [json.loads(line) for line in demo_heldout_file.read_text().splitlines()]
+    split = [{"prompt": row["messages"][:-1], "completion": row["messages"][-1:]} for row in rows]
+    result = eval_json(demo_run_dir, "--data", write_rows(tmp_path / "pc.jsonl", *split), "--n", "2")
+    for who in ("base", "tuned"):
+        assert result[who]["tokens"] == demo_eval[who]["tokens"]
+        assert math.isclose(result[who]["loss"], demo_eval[who]["loss"], rel_tol=1e-5)
+    assert result["samples"] == demo_eval["samples"][:2]
+
+
 def test_an_adapters_base_is_its_base_model_with_the_adapter_disabled(demo_eval, lora_run_dir, demo_heldout_file):
     result = eval_json(lora_run_dir, "--data", demo_heldout_file, "--n", "2")
     assert result["run"]["base"] == demo_eval["run"]["base"]
