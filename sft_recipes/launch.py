@@ -9,9 +9,6 @@ from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.topology import Topology, recipe_precision
-from sft_recipes.topology import (
-    resolve_accelerate_config as resolve_accelerate_config,
-)  # plan.main, until it asks Topology
 
 
 def launch_command(command: str, flags: dict[str, str], rest: list[str]) -> list[str] | None:
@@ -52,16 +49,3 @@ def launch_if_requested(command: str, flags: dict[str, str], rest: list[str]) ->
         return None
     print("launching:", " ".join(line), file=sys.stderr, flush=True)
     return subprocess.call(line, env=os.environ.copy())
-
-
-def read_accelerate_config(name_or_path: str, overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Topology.from_accelerate_config as the dict validate and plan still read (mode "fsdp" for FSDP2, as
-    model.distributed_mode says): goes once they ask the Topology."""
-    topology = Topology.from_accelerate_config(name_or_path, overrides)
-    return {
-        "path": topology.config_path,
-        "mode": "fsdp" if topology.mode == "fsdp2" else topology.mode,
-        "parallelism": topology.parallelism,
-        "num_processes": topology.num_processes,
-        "mixed_precision": topology.mixed_precision,
-    }

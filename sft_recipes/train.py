@@ -70,7 +70,7 @@ def run(recipe: Any) -> Any:
     from sft_recipes.run_dir import checkpoint_marker, output_lock, resume_checkpoint
     from sft_recipes.throughput import add_throughput_callback
     from sft_recipes.topology import Topology
-    from sft_recipes.validate import preflight
+    from sft_recipes.validate.rules import preflight
 
     model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
     config = preflight(recipe)

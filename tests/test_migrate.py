@@ -15,13 +15,13 @@ ZEPHYR = FIXTURES / "alignment-handbook" / "zephyr-7b-beta_sft_config_full.yaml"
 
 @pytest.fixture(scope="module")
 def known():
-    from sft_recipes.migrate import known_keys
+    from sft_recipes.migrate.command import known_keys
 
     return known_keys()
 
 
 def migrated(text: str, known, tmp_path: Path):
-    from sft_recipes.migration import migrate_text
+    from sft_recipes.migrate.rules import migrate_text
 
     return migrate_text(text, (tmp_path / "new.jinja", str(tmp_path / "new.jinja")), known)
 
@@ -188,7 +188,7 @@ def test_strict_parser_hints_come_from_the_rename_table(key, value, says, never,
 
 
 def test_every_table_entry_names_its_source_and_a_reason():
-    from sft_recipes.migration import RULES
+    from sft_recipes.migrate.rules import RULES
     from sft_recipes.renames import RENAMED, VALUES
 
     for entry in RENAMED.values():

@@ -119,16 +119,15 @@ def topologies(path: Path) -> list[str]:
     ids=lambda v: _id(v) if isinstance(v, Path) else v,
 )
 def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path, topology):
-    from sft_recipes.launch import read_accelerate_config
     from sft_recipes.model.quantization import check_sharded_combination
     from sft_recipes.topology import Topology
-    from sft_recipes.validate import Validation, check_distribution
+    from sft_recipes.validate.recipe_checks import check_distribution
+    from sft_recipes.validate.validation import Validation
 
     recipe = parse(path)
-    accelerate = read_accelerate_config(topology)
     assert Topology.from_env(recipe.training).mode == "single"  # the topology comes from the launcher, not the recipe
-    v = Validation(recipe)
-    check_distribution(v, accelerate)
+    v = Validation(recipe, topology=Topology.from_accelerate_config(topology))
+    check_distribution(v)
     assert v.problems == [], [str(p) for p in v.problems]
     shipped = yaml.safe_load((ROOT / "accelerate_configs" / f"{topology}.yaml").read_text())
     gathers = (shipped.get("deepspeed_config") or {}).get("zero3_save_16bit_model", False)

@@ -99,7 +99,7 @@ def test_pickle_weights_are_refused_unless_allowed_then_load(tmp_path, places, c
     from sft_recipes.errors import RecipeError
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.tokenizer import load_processing_class
-    from sft_recipes.validate import preflight
+    from sft_recipes.validate.rules import preflight
 
     model = pickle_only(Path(places["llama"]), tmp_path / "pickled")
     refused = write_recipe(tmp_path, places, {"model_name_or_path": str(model)})

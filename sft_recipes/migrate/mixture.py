@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sft_recipes.recipe_text import Rewrite, flow
+from sft_recipes.migrate.recipe_text import Rewrite, flow
 
 TRL_MIXTURE = "TRL's mixture (trl/scripts/utils.py DatasetConfig: path, name, split, columns)"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.mixture_migration import drop_inner, rewrite_mixer, rewrite_mixture, split_names
-from sft_recipes.recipe_text import Change, RecipeText, Rewrite, flow
+from sft_recipes.migrate.mixture import drop_inner, rewrite_mixer, rewrite_mixture, split_names
+from sft_recipes.migrate.recipe_text import Change, RecipeText, Rewrite, flow
 
 
 @dataclass

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         raise RecipeError(Problem(args.output, "NEW.yaml is OLD.yaml", "migrate never modifies OLD.yaml: use -o NEW"))
     targets = [new] if new is not None else []
     template = template_target(old, new)
-    from sft_recipes.migration import migrate_text
+    from sft_recipes.migrate.rules import migrate_text
 
     result = migrate_text(old.read_text(), template, known_keys())
     for path in [*targets, *result.files]:
