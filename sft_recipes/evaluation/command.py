@@ -104,7 +104,7 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, 
     run = load_trained(args.output_dir, base=args.base)
     max_new_tokens = args.max_new_tokens or default_max_new_tokens(run, samples)
     with tempfile.TemporaryDirectory(prefix="sft-recipes-eval-") as workdir:
-        batches = prepared_batches(recipe, rows, run, workdir)
+        batches = prepared_batches(recipe, rows, run, workdir, label)
         logger.info("Scoring %s", run.describe())
         tuned, tuned_answers = score(run, batches, samples, max_new_tokens, scorer)
         with base_of(run, base_model) as base:

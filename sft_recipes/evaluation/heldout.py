@@ -160,26 +160,22 @@ def _with_images(message: dict[str, Any], images: list[Any]) -> dict[str, Any]:
     return {**message, "content": parts}
 
 
-def prepared_batches(recipe: Any, rows: Any, run: Any, workdir: str) -> Any:
-    """The rows tokenized, truncated, packed and masked by TRL's SFTTrainer (built on a meta-device copy of the
+def prepared_batches(recipe: Any, rows: Any, run: Any, workdir: str, source: str = "data") -> Any:
+    """The rows tokenized, truncated, packed and masked by TRL's SFTTrainer (around a meta-device copy of the
     architecture, with the run's own tokenizer or processor) under the recipe's settings, batched in order by its
-    collator: the labels are exactly the ones train computes its loss on."""
-    from trl import SFTTrainer
+    collator: the labels are exactly the ones train computes its loss on. `source` names the rows in errors."""
+    from torch.utils.data import DataLoader
 
-    from sft_recipes.inspection import build_meta_model, inspection_args
+    from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
 
-    model = build_meta_model(recipe.model, recipe.training, run.kind, config_dict=run.layout.config)
-    try:
-        trainer = SFTTrainer(
-            model=model,
-            args=inspection_args(recipe.training, workdir),
-            train_dataset=rows,
-            processing_class=copy.deepcopy(run.processing_class),
-        )
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise RecipeError(
-            Problem("SFTTrainer", f"TRL cannot prepare these rows: {err}", "train would fail on them the same way")
-        ) from None
-    # The eval loader reads the prepared rows in order, in per_device_eval_batch_size batches, through the same
-    # collator as training.
-    return trainer.get_eval_dataloader(trainer.train_dataset)
+    with outside_launch():
+        model = build_meta_model(recipe.model, recipe.training, run.kind, config_dict=run.layout.config)
+        args = inspection_args(recipe.training, workdir)
+        trainer, warnings = meta_trainer(model, copy.deepcopy(run.processing_class), rows, args, source)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    # In order and whole (an eval loader), through the training collator; a plain DataLoader, since outside_launch
+    # put accelerate's process state back, which the trainer's own loaders would need.
+    return DataLoader(
+        trainer.train_dataset, batch_size=recipe.training.per_device_eval_batch_size, collate_fn=trainer.data_collator
+    )
