@@ -20,7 +20,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 RUN mkdir sft_recipes && touch sft_recipes/__init__.py README.md \
     && pip list --format=freeze | grep -E '^(torch|torchvision)==' > /tmp/pins.txt \
-    && pip install -c /tmp/pins.txt ".[quantization,deepspeed,tracking,vision]" \
+    && pip install -c /tmp/pins.txt ".[quantization,deepspeed,tracking,vision,eval]" \
     && pip install "setuptools>=68" wheel packaging ninja psutil \
     && pip install --no-build-isolation -c /tmp/pins.txt ".[flash-attn]"
 

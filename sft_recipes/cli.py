@@ -17,6 +17,7 @@ COMMANDS = {
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
     "chat": "sft_recipes.chat",
+    "eval": "sft_recipes.evaluation.command",
     "env": "sft_recipes.environment",
     "migrate": "sft_recipes.migrate.command",
 }

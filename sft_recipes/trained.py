@@ -86,8 +86,11 @@ class TrainedRun:
     def context_length(self) -> int | None:
         return text_config(self.layout.config).get("max_position_embeddings")
 
-    def encode(self, messages: list[dict[str, Any]]) -> Any:
-        """The chat template applied to `messages` with the assistant prompt, as model inputs on the model's device."""
+    def encode(self, messages: list[dict[str, Any]] | str) -> Any:
+        """The chat template applied to `messages` with the assistant prompt, as model inputs on the model's device;
+        a plain-text prompt (prompt-completion rows) is tokenized as it is, as TRL tokenizes it."""
+        if isinstance(messages, str):
+            return self.processing_class(text=messages, return_tensors="pt").to(self.model.device)
         if getattr(self.processing_class, "chat_template", None) is None:
             raise RecipeError(
                 Problem(
@@ -105,7 +108,7 @@ class TrainedRun:
         return inputs
 
     def generate_ids(
-        self, messages: list[dict[str, Any]], max_new_tokens: int = 256, streamer: Any = None, **overrides: Any
+        self, messages: list[dict[str, Any]] | str, max_new_tokens: int = 256, streamer: Any = None, **overrides: Any
     ) -> list[int]:
         """The new token ids of one reply, with the run's generation config (`overrides` win, e.g. do_sample=False);
         generation ends at any of eos_token_ids."""
@@ -120,7 +123,7 @@ class TrainedRun:
             output = self.model.generate(**inputs, generation_config=generation, streamer=streamer)
         return output[0, inputs["input_ids"].shape[1] :].tolist()
 
-    def reply(self, messages: list[dict[str, Any]], max_new_tokens: int = 256, **kwargs: Any) -> str:
+    def reply(self, messages: list[dict[str, Any]] | str, max_new_tokens: int = 256, **kwargs: Any) -> str:
         """The assistant's answer to `messages`, without special tokens."""
         ids = self.generate_ids(messages, max_new_tokens, **kwargs)
         return str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
