@@ -90,7 +90,7 @@ def run_recipe(path: Path) -> Any:
             ) from None
 
 
-def _load_without_recipe(adapter: Path, base: str | None, dtype: str) -> Trained:
+def _load_without_recipe(adapter: Path, base: str | None, dtype: str | None) -> Trained:
     """An adapter without recipe.yaml (not trained here): its base as stored, grown to the adapter's vocabulary."""
     import torch
     from peft import PeftModel
