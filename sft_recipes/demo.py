@@ -9,28 +9,16 @@ import argparse
 import resource
 import time
 from pathlib import Path
-from typing import Any
 
 from sft_recipes.resources import demo_recipe
 
 
 def generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-    """Greedy answers, stopping at the model's EOS (the end-of-turn token)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Greedy answers, stopping at the run's EOS ids (the end-of-turn token), as `sft-recipes chat` gives them."""
+    from sft_recipes.trained import load_trained
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    answers = []
-    for prompt in prompts:
-        inputs: Any = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        answers.append(str(answer).strip())
-    return answers
+    run = load_trained(model_dir, device="cpu")
+    return [run.reply([{"role": "user", "content": p}], max_new_tokens, do_sample=False) for p in prompts]
 
 
 def main(argv: list[str] | None = None) -> int:
