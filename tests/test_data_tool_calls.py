@@ -23,13 +23,14 @@ AREA = {
         "required": ["shape", "dimensions"],
     },
 }
+RECTANGLE = {"shape": "rectangle", "dimensions": [5, 3]}
 # The layout of LLaMA-Factory's data/glaive_toolcall_en_demo.json: `tools` a JSON string of bare function schemas,
 # each call a JSON string in a `function_call` turn, each result an `observation` turn.
 GLAIVE = [
     {
         "conversations": [
             {"from": "human", "value": "The area of a 5 by 3 rectangle?"},
-            {"from": "function_call", "value": json.dumps({"name": "calculate_area", "arguments": {"shape": "rectangle", "dimensions": [5, 3]}})},
+            {"from": "function_call", "value": json.dumps({"name": "calculate_area", "arguments": RECTANGLE})},
             {"from": "observation", "value": '{"area": 15}'},
             {"from": "gpt", "value": "It is 15 square units."},
         ],
@@ -60,7 +61,7 @@ def write_json(path, rows):
 
 def test_glaive_function_call_and_observation_turns_become_tool_calls_and_tool_messages(tmp_path):
     train = load(write_json(tmp_path / "glaive.json", GLAIVE))
-    call = {"name": "calculate_area", "arguments": {"shape": "rectangle", "dimensions": [5, 3]}}
+    call = {"name": "calculate_area", "arguments": RECTANGLE}
     assert train[0]["messages"] == [
         {"role": "user", "content": "The area of a 5 by 3 rectangle?"},
         {"role": "assistant", "tool_calls": [{"type": "function", "function": call}]},
@@ -73,11 +74,17 @@ def test_glaive_function_call_and_observation_turns_become_tool_calls_and_tool_m
 
 def test_parallel_calls_and_openai_string_arguments_become_argument_mappings(tmp_path):
     calls = [{"name": "clock", "arguments": '{"city": "Oslo"}'}, {"name": "clock", "arguments": {"city": "Rome"}}]
-    sharegpt = {"conversations": [{"from": "human", "value": "Time?"}, {"from": "function_call", "value": json.dumps(calls)},
-                                  {"from": "observation", "value": "9:00"}, {"from": "gpt", "value": "9:00."}]}  # fmt: skip
+    turns = [("human", "Time?"), ("function_call", json.dumps(calls)), ("observation", "9:00"), ("gpt", "9:00.")]
+    sharegpt = {"conversations": [{"from": role, "value": value} for role, value in turns]}
     openai_call = {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": '{"city": "Oslo"}'}}
-    messages = {"messages": [{"role": "user", "content": "Time?"}, {"role": "assistant", "tool_calls": [openai_call]},
-                             {"role": "tool", "content": "9:00"}, {"role": "assistant", "content": "9:00."}]}  # fmt: skip
+    messages = {
+        "messages": [
+            {"role": "user", "content": "Time?"},
+            {"role": "assistant", "tool_calls": [openai_call]},
+            {"role": "tool", "content": "9:00"},
+            {"role": "assistant", "content": "9:00."},
+        ]
+    }
     converted = to_trl_format(datasets.Dataset.from_list([sharegpt]), "auto", "mem")[0]["messages"]
     assert [c["function"]["arguments"] for c in converted[1]["tool_calls"]] == [{"city": "Oslo"}, {"city": "Rome"}]
     converted = to_trl_format(datasets.Dataset.from_list([messages]), "auto", "mem")[0]["messages"]
@@ -92,7 +99,7 @@ def test_parallel_calls_and_openai_string_arguments_become_argument_mappings(tmp
         ({**GLAIVE[0], "tools": '[{"name": "calculate_area",'}, "tools is not valid JSON"),
         ({**GLAIVE[0], "tools": '{"name": "calculate_area"}'}, "tools must be a list"),
         (
-            {"conversations": [GLAIVE[0]["conversations"][0], {"from": "function_call", "value": "calculate_area(5, 3)"},
+            {"conversations": [GLAIVE[0]["conversations"][0], {"from": "function_call", "value": "area(5, 3)"},
                                *GLAIVE[0]["conversations"][2:]]},
             "conversations[1] is a 'function_call' turn whose value is not a JSON tool call",
         ),
