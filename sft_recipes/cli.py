@@ -18,6 +18,7 @@ COMMANDS = {
     "plan": "sft_recipes.plan.command",
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
+    "chat": "sft_recipes.chat",
     "env": "sft_recipes.environment",
 }
 

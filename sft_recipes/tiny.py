@@ -238,14 +238,19 @@ def _tiny_vision_kwargs() -> dict:
     }
 
 
-def build_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Build a tiny VLM of `family` (see VLM_FAMILIES) with its processor; reloads with AutoModelForImageTextToText."""
+def build_vlm(
+    family: str, out_dir: str | Path, seed: int = 0, tokenizer: Any = None, chat_template: str | None = None
+) -> Path:
+    """Build a tiny VLM of `family` (see VLM_FAMILIES) with its processor; reloads with AutoModelForImageTextToText.
+
+    `tokenizer` (with the image tokens the family's processor needs) and `chat_template` replace the ChatML
+    defaults, e.g. to carry a real model's special tokens and template."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     if family not in VLM_FAMILIES:
         raise error("family", f"unknown VLM family {family!r}", f"use one of {', '.join(VLM_FAMILIES)}")
-    processor, config = _VLM_BUILDERS[family]()
+    processor, config = _VLM_BUILDERS[family](tokenizer, chat_template)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
@@ -256,10 +261,10 @@ def build_vlm(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def _llava() -> tuple[Any, Any]:
+def _llava(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
 
-    tokenizer = build_tokenizer(extra_special_tokens={"image_token": "<image>"})
+    tokenizer = tokenizer or build_tokenizer(extra_special_tokens={"image_token": "<image>"})
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     # "default" drops the CLS feature: 32/8 squared = 16 image tokens per image.
     processor = LlavaProcessor(
@@ -268,7 +273,7 @@ def _llava() -> tuple[Any, Any]:
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=chatml_template(),
+        chat_template=chat_template or chatml_template(),
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**_tiny_vision_kwargs(), projection_dim=16),
@@ -281,7 +286,7 @@ def _llava() -> tuple[Any, Any]:
     return processor, config
 
 
-def _idefics3() -> tuple[Any, Any]:
+def _idefics3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
     from transformers import (
         Idefics3Config,
         Idefics3ImageProcessorPil,
@@ -297,7 +302,7 @@ def _idefics3() -> tuple[Any, Any]:
         "global_image_token": "<global-img>",
         "end_of_utterance_token": "<end_of_utterance>",
     }
-    tokenizer = build_tokenizer(extra_special_tokens=extra)
+    tokenizer = tokenizer or build_tokenizer(extra_special_tokens=extra)
     image_processor = Idefics3ImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
     )
@@ -307,7 +312,7 @@ def _idefics3() -> tuple[Any, Any]:
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_len=(32 // 8) ** 2 // scale_factor**2,
-        chat_template=chatml_template(),
+        chat_template=chat_template or chatml_template(),
     )
     config = Idefics3Config(
         vision_config=Idefics3VisionConfig(**_tiny_vision_kwargs()),
@@ -318,7 +323,7 @@ def _idefics3() -> tuple[Any, Any]:
     return processor, config
 
 
-def _gemma3() -> tuple[Any, Any]:
+def _gemma3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
     from transformers import (
         Gemma3Config,
         Gemma3ImageProcessorPil,
@@ -328,7 +333,7 @@ def _gemma3() -> tuple[Any, Any]:
     )
 
     extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-    tokenizer = build_tokenizer(extra_special_tokens=extra)
+    tokenizer = tokenizer or build_tokenizer(extra_special_tokens=extra)
     image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
     # 4x4 patches average-pooled to 2x2 = 4 soft tokens per image.
     mm_tokens_per_image = 4
@@ -336,7 +341,7 @@ def _gemma3() -> tuple[Any, Any]:
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_length=mm_tokens_per_image,
-        chat_template=chatml_template(image_placeholder=extra["boi_token"]),
+        chat_template=chat_template or chatml_template(image_placeholder=extra["boi_token"]),
     )
     text_kwargs = _text_config_kwargs(tokenizer, 16, 2, 512)
     text_kwargs["layer_types"] = ["sliding_attention", "full_attention"]

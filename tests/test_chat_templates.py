@@ -36,9 +36,10 @@ TOOL_CHAT = [
     {
         "role": "assistant",
         "content": "",
-        "tool_calls": [{"function": {"name": "clock", "arguments": {"city": "Tokyo"}}}],
+        # Mistral's template insists on 9-character ids.
+        "tool_calls": [{"id": "call00001", "function": {"name": "clock", "arguments": {"city": "Tokyo"}}}],
     },
-    {"role": "tool", "content": "09:00"},
+    {"role": "tool", "content": "09:00", "tool_call_id": "call00001"},
     {"role": "assistant", "content": "It is 09:00."},
 ]
 

@@ -109,3 +109,5 @@ def test_recipes_follow_the_rules_of_their_model_kind(model_dir):
                 assert not recipe.get(key, False), f"{path.name}: {key}"
         else:
             assert isinstance(recipe["max_length"], int), path.name
+            # Every text template here allows it (TRL's marked copy, or a marked one in recipes/templates/).
+            assert recipe.get("assistant_only_loss") is True, f"{path.name}: assistant_only_loss"

@@ -8,13 +8,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "recipes" / "templates"
-# Verbatim from HuggingFaceTB/SmolLM2-1.7B-Instruct's tokenizer_config.json.
-SMOLLM2_SHIPPED = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# The models' own templates, byte for byte (tests/fixtures/chat_templates/PROVENANCE.md says where each is from).
+SHIPPED = ROOT / "tests" / "fixtures" / "chat_templates"
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 CHATS = [
@@ -27,28 +22,33 @@ CHATS = [
         {"role": "assistant", "content": "d d"},
     ],
     [{"role": "user", "content": "only a question"}],
+    [
+        {"role": "user", "content": "Is 7 prime?"},
+        {"role": "assistant", "content": "<think>\nNo divisors.\n</think>\n\nYes."},
+        {"role": "user", "content": "And 9?"},
+        {"role": "assistant", "content": "<think>\n3 * 3.\n</think>\n\nNo."},
+    ],
 ]
 PARIS = {"city": "Paris"}
 TOOL_CHAT = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": PARIS}}]},
-    {"role": "tool", "content": "sunny"},
+    {
+        "role": "assistant",
+        "tool_calls": [{"id": "call00001", "type": "function", "function": {"name": "weather", "arguments": PARIS}}],
+    },
+    {"role": "tool", "content": "sunny", "tool_call_id": "call00001"},
     {"role": "assistant", "content": "It is sunny."},
 ]
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Weather.", "parameters": CITY}}]
 
 
-def _llama_shipped() -> str:
-    import trl
-
-    # TRL keeps the byte-exact Llama 3.1 template (checked weekly against the Hub) to recognise the model.
-    return (Path(trl.__file__).parent / "chat_templates" / "llama3_1.jinja").read_text()
-
-
+# template file -> (the model's own template, how a marked reply ends, whether it renders tool calls)
 CASES = {
-    "llama-3.1.jinja": (_llama_shipped, ("<|eot_id|>", "<|eom_id|>"), True),
-    "smollm2.jinja": (lambda: SMOLLM2_SHIPPED, ("<|im_end|>\n",), False),
+    "llama-3.1.jinja": ("llama-3.1.jinja", ("<|eot_id|>", "<|eom_id|>"), True),
+    "mistral-v0.3.jinja": ("mistral-v0.3.jinja", ("</s>",), True),
+    "qwen3.jinja": ("qwen3.jinja", ("<|im_end|>",), True),
+    "smollm2.jinja": ("smollm2.jinja", ("<|im_end|>\n",), False),
 }
 
 
@@ -69,10 +69,11 @@ def test_every_template_file_is_covered_here():
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
 def test_template_renders_like_the_shipped_one_and_marks_replies_up_to_end_of_turn(name, add_generation_prompt):
     shipped, ends, supports_tools = CASES[name]
+    shipped = (SHIPPED / shipped).read_text()
     ours = (TEMPLATES / name).read_text()
     chats = [(chat, None) for chat in CHATS] + ([(TOOL_CHAT, TOOLS)] if supports_tools else [])
     for chat, tools in chats:
-        expected, _ = _render(shipped(), chat, tools=tools, add_generation_prompt=add_generation_prompt)
+        expected, _ = _render(shipped, chat, tools=tools, add_generation_prompt=add_generation_prompt)
         rendered, replies = _render(ours, chat, tools=tools, add_generation_prompt=add_generation_prompt)
         assert rendered == expected
         turns = [message for message in chat if message["role"] == "assistant"]
@@ -81,7 +82,8 @@ def test_template_renders_like_the_shipped_one_and_marks_replies_up_to_end_of_tu
         for message, reply in zip(turns, replies, strict=True):
             assert reply.endswith(ends), reply
             assert not reply.startswith(("<|start_header_id|>", "<|im_start|>")), reply
-            assert message.get("content", "").strip() in reply
+            # Qwen3 drops the reasoning of turns before the last user message, as its own template does.
+            assert message.get("content", "").split("</think>")[-1].strip() in reply
 
 
 def test_every_recipe_with_a_template_file_uses_one_that_marks_generation():
@@ -91,3 +93,20 @@ def test_every_recipe_with_a_template_file_uses_one_that_marks_generation():
             template = ROOT / recipe["chat_template_path"]
             assert template.is_file(), path
             assert GENERATION_TAG.search(template.read_text()), path
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_template_file_exists_only_where_trl_has_no_faithful_marked_copy(name):
+    from helpers.chat_families import build_family_tokenizer
+    from trl.chat_template_utils import get_training_chat_template
+
+    from sft_recipes.template_fidelity import render_differences
+
+    # The file names match the fixture families; their tokenizers carry the shipped template.
+    tokenizer = build_family_tokenizer(name.removesuffix(".jinja"))
+    try:
+        trl_copy = get_training_chat_template(tokenizer)
+    except ValueError:
+        return  # TRL has no marked copy of this template
+    assert trl_copy is not None, "the shipped template has markers of its own: drop the file"
+    assert render_differences(tokenizer, trl_copy), f"TRL's marked copy renders like the shipped one: drop {name}"

@@ -87,11 +87,14 @@ def test_a_key_renamed_by_trl_fails_the_parse_and_names_the_key(tmp_path, old, n
 
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_header_launch_command_goes_through_our_launcher_to_a_bundled_config(path):
+    from sft_recipes.arguments import launch_flags, parse_with_recipe
     from sft_recipes.launch import launch_command
+    from sft_recipes.train import build_parser
 
     command = header_command(path)
     assert command[:4] == ["sft-recipes", "train", "--config", str(path.relative_to(ROOT))]
-    line = launch_command("train", command[2:])
+    args, rest = parse_with_recipe(build_parser(), command[2:])
+    line = launch_command("train", launch_flags(args), rest)
     if "--accelerate_config" not in command:
         assert line is None  # a single-process run
         return

@@ -1,0 +1,348 @@
+"""A trained run loaded for inference: full weights, an adapter on its base, a merged folder or a checkpoint.
+
+`locate_run` reads what a folder holds (its small files, never the weights); `load_trained` loads it with the run's
+own chat template, generation config and EOS ids, the adapter's base quantized the way it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
+from sft_recipes.model.loading import embedding_rows
+from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+
+logger = logging.getLogger("sft_recipes")
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+RUN_FIX = "point at a run's output_dir, its merged/ folder or one of its checkpoint-N/ folders"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """What a run folder holds, read from its small files alone."""
+
+    path: Path
+    weights: str  # "full" (config.json + weights) or "adapter" (adapter_config.json on a base model)
+    source: str  # "run", "merged" or "checkpoint"
+    config: dict[str, Any]  # config.json of the model (the base's, for an adapter)
+    kind: str  # sft_recipes.model.CAUSAL_LM or IMAGE_TEXT_TO_TEXT
+    base: str | None = None  # the adapter's base model
+    recipe: dict[str, Any] = field(default_factory=dict)  # the recipe.yaml train wrote ({} for a plain model)
+    recipe_path: Path | None = None
+    generation_dir: Path | None = None  # where generation_config.json comes from
+
+    @property
+    def quantization(self) -> str | None:
+        """How the adapter's base is loaded, as it was trained: "4-bit", "8-bit" or None (full weights never are)."""
+        if self.weights != "adapter":
+            return None
+        return "4-bit" if self.recipe.get("load_in_4bit") else "8-bit" if self.recipe.get("load_in_8bit") else None
+
+    def describe(self) -> str:
+        what = {"run": "run", "merged": "merged model", "checkpoint": "checkpoint"}[self.source]
+        if self.weights == "adapter":
+            return f"{what} {self.path} (LoRA adapter on {self.base}, base {self.quantization or 'unquantized'})"
+        return f"{what} {self.path} (full weights)"
+
+
+@dataclass
+class TrainedRun:
+    """A model in eval mode with its processing class (tokenizer or processor) and generation config."""
+
+    model: Any
+    processing_class: Any
+    generation_config: Any
+    layout: RunLayout
+
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    @property
+    def is_vlm(self) -> bool:
+        return self.layout.kind == IMAGE_TEXT_TO_TEXT
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return list(self.generation_config.eos_token_id)
+
+    @property
+    def context_length(self) -> int | None:
+        return text_config(self.layout.config).get("max_position_embeddings")
+
+    def encode(self, messages: list[dict[str, Any]]) -> Any:
+        """The chat template applied to `messages` with the assistant prompt, as model inputs on the model's device."""
+        if getattr(self.processing_class, "chat_template", None) is None:
+            raise RecipeError(
+                Problem(
+                    str(self.layout.path),
+                    "the run has no chat template (chat_template.jinja), so there is no chat format to prompt",
+                    "chat with a run trained on conversations, or set chat_template_path in its recipe",
+                )
+            )
+        inputs = self.processing_class.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def generate_ids(
+        self, messages: list[dict[str, Any]], max_new_tokens: int = 256, streamer: Any = None, **overrides: Any
+    ) -> list[int]:
+        """The new token ids of one reply, with the run's generation config (`overrides` win, e.g. do_sample=False);
+        generation ends at any of eos_token_ids."""
+        import copy
+
+        import torch
+
+        inputs = self.encode(messages)
+        generation = copy.deepcopy(self.generation_config)
+        generation.update(max_new_tokens=max_new_tokens, **overrides)
+        with torch.no_grad():
+            output = self.model.generate(**inputs, generation_config=generation, streamer=streamer)
+        return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+    def reply(self, messages: list[dict[str, Any]], max_new_tokens: int = 256, **kwargs: Any) -> str:
+        """The assistant's answer to `messages`, without special tokens."""
+        ids = self.generate_ids(messages, max_new_tokens, **kwargs)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+    def describe(self) -> str:
+        return self.layout.describe()
+
+
+def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
+    """Read what `path` holds; `base` overrides the adapter's recorded base model. Reads no weights."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RecipeError(Problem(str(path), "does not exist", RUN_FIX))
+    if not path.is_dir():
+        raise RecipeError(Problem(str(path), "is a file, not a run folder", RUN_FIX))
+    is_checkpoint = re.fullmatch(r"checkpoint-\d+", path.name) is not None
+    source = "checkpoint" if is_checkpoint else "merged" if (path / "merge_check.json").is_file() else "run"
+    recipe_path = next((p for p in _run_files(path, "recipe.yaml", is_checkpoint)), None)
+    recipe = _read_recipe(recipe_path) if recipe_path else {}
+    generation_dir = next((p.parent for p in _run_files(path, "generation_config.json", is_checkpoint)), None)
+    if (path / "adapter_config.json").is_file():
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        overridden = base is not None
+        base = base or adapter.get("base_model_name_or_path") or recipe.get("model_name_or_path")
+        config = _base_config(path, base, recipe, overridden)
+        weights = "adapter"
+    elif (path / "config.json").is_file():
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise RecipeError(
+                Problem(
+                    str(path),
+                    "has config.json but no weights (model.safetensors): a ZeRO-3 run saved without gathering them?",
+                    "point at a folder with weights; for DeepSpeed shards run zero_to_fp32.py first",
+                )
+            )
+        config = json.loads((path / "config.json").read_text())
+        weights, base = "full", None
+    else:
+        raise RecipeError(Problem(str(path), _not_a_run(path), RUN_FIX))
+    kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
+    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
+
+
+def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
+    """`name` in the folder, else (for a checkpoint) in the run's output_dir, where train writes it at the end."""
+    candidates = [path / name] + ([path.parent / name] if is_checkpoint else [])
+    return [p for p in candidates if p.is_file()]
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(Problem(str(path), "is not a mapping of recipe keys", "restore the recipe.yaml train wrote"))
+    return recipe
+
+
+def _not_a_run(path: Path) -> str:
+    checkpoints = sorted(
+        (p for p in path.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    if checkpoints:
+        names = ", ".join(p.name for p in checkpoints)
+        return f"no final weights (the run did not finish?), only checkpoints: {names}"
+    return "not a run: no config.json with weights and no adapter_config.json"
+
+
+def _base_config(adapter: Path, base: str | None, recipe: dict[str, Any], overridden: bool) -> dict[str, Any]:
+    """config.json of the adapter's base, or a RecipeError that names the base and the --base override."""
+    from transformers import PretrainedConfig
+
+    fix = "pass --base with a local copy (or reachable hub id) of the base model the adapter was trained on"
+    if not base:
+        raise RecipeError(Problem(str(adapter), "the adapter does not name its base model", fix))
+    where = f"{adapter}: base model {base}" + (" (--base)" if overridden else "")
+    looks_local = base.startswith(("/", ".", "~")) or base.count("/") > 1
+    if looks_local and not Path(base).expanduser().is_dir():
+        raise RecipeError(Problem(where, "does not exist", fix))
+    try:
+        config, _ = PretrainedConfig.get_config_dict(base, revision=recipe.get("model_revision"))
+    except (OSError, ValueError) as err:
+        raise RecipeError(Problem(where, f"cannot be read: {str(err).splitlines()[0]}", fix)) from None
+    return config
+
+
+def load_trained(
+    path: str | Path, base: str | None = None, dtype: str | None = None, device: str | None = None
+) -> TrainedRun:
+    """Load any run for inference (see locate_run). `base` overrides an adapter's base model, `dtype` the weights'
+    dtype (default: as trained), `device` where it runs (default: the GPU when there is one)."""
+    layout = locate_run(path, base)  # before torch loads: a wrong path fails at once
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    auto_class = AutoModelForImageTextToText if layout.kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+    processing_class = _load_processing_class(layout)
+    common: dict[str, Any] = {
+        "trust_remote_code": bool(layout.recipe.get("trust_remote_code", False)),
+        "use_safetensors": None if layout.recipe.get("allow_pickle_weights") else True,
+    }
+    logger.info("Loading %s", layout.describe())
+    model: Any
+    try:
+        if layout.weights == "adapter":
+            model = _load_adapter(layout, auto_class, dtype, device, common)
+        else:
+            model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common)
+            model = model.to(device)
+    except OSError as err:
+        raise RecipeError(
+            Problem(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX)
+        ) from None
+    model.eval()
+    model.config.use_cache = True  # checkpoints are saved with the training-time use_cache=False
+    generation = _generation_config(layout, model, getattr(processing_class, "tokenizer", processing_class))
+    return TrainedRun(model, processing_class, generation, layout)
+
+
+def _load_processing_class(layout: RunLayout) -> Any:
+    """The run's own tokenizer or processor (its chat template included); the base's when the run saved none."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    saved = (layout.path / "tokenizer_config.json").is_file()
+    source = layout.path if saved or layout.base is None else layout.base
+    loader = AutoProcessor if layout.kind == IMAGE_TEXT_TO_TEXT else AutoTokenizer
+    if isinstance(source, Path) and not (source / "tokenizer_config.json").is_file():
+        raise RecipeError(
+            Problem(str(source), "holds no tokenizer (tokenizer_config.json)", "copy the base model's tokenizer files")
+        )
+    try:
+        processing_class = loader.from_pretrained(
+            source,
+            revision=None if source == layout.path else layout.recipe.get("model_revision"),
+            trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeError(
+            Problem(
+                str(source),
+                f"cannot load the {'processor' if loader is AutoProcessor else 'tokenizer'}: "
+                f"{' '.join(str(err).split())[:300]}",
+                "a run folder holds the tokenizer files train saved; copy them from the base model",
+            )
+        ) from None
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    tokenizer.padding_side = "left"  # generation appends on the right
+    return processing_class
+
+
+def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device: str, common: dict[str, Any]) -> Any:
+    """The base loaded as it was trained (dtype, 4/8-bit), grown to the adapter's vocabulary, with the adapter on."""
+    from dataclasses import fields
+    from types import SimpleNamespace
+
+    from peft import PeftModel
+
+    from sft_recipes.config import ModelConfig
+
+    keys = {f.name for f in fields(ModelConfig) if f.init}
+    model_args = ModelConfig(**{k: v for k, v in layout.recipe.items() if k in keys})
+    # SFTConfig's own default: bf16 unless fp16.
+    precision = SimpleNamespace(
+        bf16=layout.recipe.get("bf16", not layout.recipe.get("fp16", False)), fp16=layout.recipe.get("fp16", False)
+    )
+    quantization = build_quantization_config(model_args, compute_dtype(precision), "single")
+    torch_dtype = resolve_dtype(dtype or model_args.dtype, precision, layout.config)
+    model = auto_class.from_pretrained(
+        layout.base,
+        revision=layout.recipe.get("model_revision"),
+        dtype=torch_dtype,
+        quantization_config=quantization,
+        device_map=get_kbit_device_map("single") if quantization is not None else None,
+        **common,
+    )
+    if quantization is None:
+        model = model.to(device)
+    vocab = adapter_vocab_size(layout.path)
+    if vocab and vocab != embedding_rows(model):
+        model.resize_token_embeddings(vocab)
+    return PeftModel.from_pretrained(model, str(layout.path))
+
+
+def adapter_vocab_size(adapter: Path) -> int | None:
+    """The embedding rows the adapter was trained with, when training resized them (it then saves embed_tokens)."""
+    from safetensors import safe_open
+
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), "pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
+                return int(handle.get_slice(key).get_shape()[0])
+    return None
+
+
+def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:
+    """The run's generation_config.json (else the model's), stopping at every EOS id it lists and the tokenizer's."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    if layout.generation_dir is not None:
+        generation = GenerationConfig.from_pretrained(layout.generation_dir)
+    else:
+        generation = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
+    eos = generation.eos_token_id
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+        eos_ids.append(tokenizer.eos_token_id)
+    if not eos_ids:
+        raise RecipeError(
+            Problem(
+                str(layout.path),
+                "neither generation_config.json nor the tokenizer names an EOS token: generation would never stop",
+                "set eos_token in the recipe (or eos_token_id in generation_config.json)",
+            )
+        )
+    generation.eos_token_id = eos_ids
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    return generation

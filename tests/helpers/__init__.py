@@ -1,0 +1,1 @@
+"""Test helpers shared by test modules (test modules never import each other)."""
