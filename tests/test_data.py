@@ -90,7 +90,7 @@ def test_sharegpt_roles_become_chatml_with_system_column_first(data):
         chat(("system", "Be brief."), ("user", "What is 7*6?"), ("assistant", "42.")),
         [
             *chat(("system", "You can call tools."), ("user", "Look up the time in Tokyo.")),
-            {"role": "assistant", "tool_calls": [call]},  # was trained as the call's JSON in plain text
+            {"role": "assistant", "content": "", "tool_calls": [call]},  # was trained as the call's JSON in plain text
             *chat(("tool", "09:00"), ("assistant", "It is 09:00 in Tokyo.")),
         ],
     ]

@@ -64,7 +64,7 @@ def test_glaive_function_call_and_observation_turns_become_tool_calls_and_tool_m
     call = {"name": "calculate_area", "arguments": RECTANGLE}
     assert train[0]["messages"] == [
         {"role": "user", "content": "The area of a 5 by 3 rectangle?"},
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": call}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
         {"role": "tool", "content": '{"area": 15}'},
         {"role": "assistant", "content": "It is 15 square units."},
     ]

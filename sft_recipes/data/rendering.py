@@ -55,15 +55,25 @@ def _row_problems(row: dict, messages: list, processing_class: Any, chat_templat
         yield "render", f"the chat template fails on this row's tool use: {full}"
         return
     if tools and render(messages, None) == full:
-        yield "tools", "the chat template does not render the row's `tools`: the model would learn to call tools it "
-        "is never shown"
+        yield (
+            "tools",
+            (
+                "the chat template does not render the row's `tools`: the model would learn to call tools it is never "
+                "shown"
+            ),
+        )
     for i, message in enumerate(messages):
         if _calls(message):
             without = {k: v for k, v in message.items() if k != "tool_calls"}
             without["content"] = message.get("content") or ""
             if render([*messages[:i], without, *messages[i + 1 :]], tools) == full:
-                yield "tool_calls", f"the chat template does not render the tool calls of message {i}: that turn "
-                "would train as an empty assistant turn"
+                yield (
+                    "tool_calls",
+                    (
+                        f"the chat template does not render the tool calls of message {i}: that turn would train as an "
+                        "empty assistant turn"
+                    ),
+                )
                 break
     for i, message in enumerate(messages):
         if _is_tool(message) and render([*messages[:i], *messages[i + 1 :]], tools) == full:

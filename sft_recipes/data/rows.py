@@ -104,8 +104,8 @@ def sharegpt_messages(row: dict) -> Any:
             calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None
             if calls is None:  # a malformed call stays text, for check_rows to name
                 message["content"] = turn.get("value")
-            else:  # no content key, as in transformers' tool-use docs: templates test `message.content`
-                message["tool_calls"] = calls
+            else:  # empty content, not none: templates without tool support then render it instead of raising
+                message.update(content="", tool_calls=calls)
             messages.append(message)
         else:
             messages.append(_drop_nones(turn))
