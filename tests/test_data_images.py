@@ -110,3 +110,15 @@ def test_a_missing_image_names_both_places_looked_in(tmp_path, monkeypatch):
     message = err.value.problems[0].message
     assert message.startswith("images[0] not found: a.png")
     assert str(tmp_path / "data") in message and str(tmp_path) in message
+
+
+def test_an_image_placeholder_in_a_tool_message_is_an_error(tmp_path):
+    png(tmp_path / "shot.png")
+    messages = [{"role": "user", "content": "Take a screenshot."}, {"role": "assistant", "content": "Taking it."},
+                {"role": "tool", "content": "<image>"}, {"role": "assistant", "content": "A red square."}]  # fmt: skip
+    path = write_jsonl(tmp_path / "tool.jsonl", [{"messages": messages, "images": ["shot.png"]}])
+    with pytest.raises(RecipeError) as err:
+        load(path)  # TRL's collator would raise "Number of images provided (1) does not match ... placeholders (0)"
+    assert [(p.where, p.message.split(",")[0]) for p in err.value.problems] == [
+        (f"{path}[row 0]", "a tool message holds an image placeholder")
+    ]

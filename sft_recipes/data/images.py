@@ -21,13 +21,16 @@ def typed_placeholders(messages: Any) -> Any:
     return [{**m, "content": _blocks(m["content"])} if _has_text(m) else m for m in messages]
 
 
-def placeholder_count(messages: Any) -> int:
-    """The images a conversation asks for: unfilled {"type": "image"} blocks and `<image>` markers in strings."""
+def placeholder_count(messages: Any, role: str | None = None) -> int:
+    """The images a conversation asks for: unfilled {"type": "image"} blocks and `<image>` markers in strings, in
+    the messages of `role`, or of every role but "tool" (TRL fills no tool message)."""
     if not isinstance(messages, list):
         return 0
     count = 0
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or (message.get("role") != role if role else message.get("role") == "tool"):
+            continue
+        content = message.get("content")
         if isinstance(content, str):
             count += content.count(PLACEHOLDER)
         elif isinstance(content, list):
@@ -61,7 +64,9 @@ def image_issues(row: dict, messages: Any, base_dir: str | None) -> list[str]:
         return [f"images is {type(images).__name__}, expected a list"]
     issues = [f"images[{i}] {msg}" for i, img in enumerate(images) if (msg := _image_issue(img, base_dir))]
     placeholders = placeholder_count(messages)
-    if placeholders and placeholders != len(images):  # with none, TRL puts every image before the first user turn
+    if placeholder_count(messages, role="tool"):
+        issues.append("a tool message holds an image placeholder, and TRL fills only user, assistant and system turns")
+    elif placeholders and placeholders != len(images):  # with none, TRL puts every image before the first user turn
         issues.append(
             f"{len(images)} images but {placeholders} image placeholders in the messages: the processor needs "
             f"exactly one image per placeholder (an image block or a {PLACEHOLDER} marker in the text)"

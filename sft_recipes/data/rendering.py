@@ -14,6 +14,7 @@ from sft_recipes.errors import Problem
 TOOL_ROWS_CHECKED = 1000  # the first rows looked at for tool use
 TOOL_ROWS_RENDERED = 16  # rows with tool use rendered: a template's support does not change from row to row
 
+_EMPTY_TURN = "that turn would train as an empty assistant turn"
 _FIX = (
     "use the model's own tool-calling chat template (chat_template_path), e.g. Qwen2.5's or Llama-3.1's; or drop "
     "the tools and tool calls from the data"
@@ -55,25 +56,13 @@ def _row_problems(row: dict, messages: list, processing_class: Any, chat_templat
         yield "render", f"the chat template fails on this row's tool use: {full}"
         return
     if tools and render(messages, None) == full:
-        yield (
-            "tools",
-            (
-                "the chat template does not render the row's `tools`: the model would learn to call tools it is never "
-                "shown"
-            ),
-        )
+        yield "tools", "the chat template does not render the row's `tools`: the model would learn to call them unseen"
     for i, message in enumerate(messages):
         if _calls(message):
             without = {k: v for k, v in message.items() if k != "tool_calls"}
             without["content"] = message.get("content") or ""
             if render([*messages[:i], without, *messages[i + 1 :]], tools) == full:
-                yield (
-                    "tool_calls",
-                    (
-                        f"the chat template does not render the tool calls of message {i}: that turn would train as an "
-                        "empty assistant turn"
-                    ),
-                )
+                yield "tool_calls", f"the chat template does not render the tool calls of message {i}: {_EMPTY_TURN}"
                 break
     for i, message in enumerate(messages):
         if _is_tool(message) and render([*messages[:i], *messages[i + 1 :]], tools) == full:
