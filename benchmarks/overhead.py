@@ -37,7 +37,7 @@ output_dir: {output_dir}
 SKIP = 5  # warm-up steps left out of steps/s
 # Phase boundaries, wrapped from outside identically on both sides (benchmarks/common.py HARNESS).
 WRAP = ["trl:SFTTrainer.__init__:trainer_init", "transformers:Trainer.train:train"]
-OURS_ONLY = ["sft_recipes.validate:preflight:preflight"]
+OURS_ONLY = ["sft_recipes.validate.rules:preflight:preflight"]
 # One compute thread per side: no OpenMP spin-waiting, whose CPU time swings with the machine's load.
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -13,13 +13,14 @@ import warnings
 # command -> the module that owns it: its docstring's first line is the summary, build_parser() its help, main() it.
 COMMANDS = {
     "train": "sft_recipes.train",
-    "validate": "sft_recipes.validate",
-    "inspect": "sft_recipes.inspection",
+    "validate": "sft_recipes.validate.command",
+    "inspect": "sft_recipes.inspection.command",
     "plan": "sft_recipes.plan.command",
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
     "chat": "sft_recipes.chat",
     "env": "sft_recipes.environment",
+    "migrate": "sft_recipes.migrate.command",
 }
 
 

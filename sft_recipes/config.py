@@ -15,6 +15,7 @@ from typing import Any
 import trl
 
 from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.renames import hint
 
 SECRET_PATTERN = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 
@@ -160,21 +161,15 @@ def _scalar_kind(hint: Any) -> type | None:
     return hint if hint in (int, float, bool, str) else None
 
 
-# Keys that TRL/transformers renamed or dropped: the commonest reason an old recipe stops parsing.
-RENAMED = {
-    "max_seq_length": "max_length",
-    "torch_dtype": "dtype",
-    "warmup_ratio": "warmup_steps (a float below 1 is a fraction of the steps)",
-    "evaluation_strategy": "eval_strategy",
-    "use_flash_attention_2": "attn_implementation: flash_attention_2",
-    "no_cuda": "use_cpu",
-    "tokenizer_name": "tokenizer_name_or_path",
-}
+_NO_VALUE = object()
 
 
-def did_you_mean(key: str, known: typing.Iterable[str]) -> str:
-    if key in RENAMED:
-        return f"renamed upstream: use `{RENAMED[key]}`"
+def did_you_mean(key: str, known: typing.Iterable[str], value: Any = _NO_VALUE) -> str:
+    """The fix for an unknown key: the rename table's advice (sft_recipes.renames), else the closest known key.
+    `value`, the key's YAML value when known, tailors the advice (`use_flash_attention_2: false` means sdpa)."""
+    advice = hint(key, None if value is _NO_VALUE else value, has_value=value is not _NO_VALUE)
+    if advice:
+        return advice
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
     return f"did you mean `{match[0]}`?" if match else "remove it, or see `sft-recipes train --help-all` for the keys"
 
@@ -288,7 +283,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         env = {}
     for key in config:
         if key not in hints:
-            problems.append(Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints)))
+            problems.append(Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints, config[key])))
     for arg in _explicit_cli_keys(args):
         if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
             problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))

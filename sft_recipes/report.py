@@ -9,7 +9,6 @@ import argparse
 import base64
 import html
 import json
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,17 @@ def find_trainer_state(output_dir: Path) -> Path:
     top = output_dir / "trainer_state.json"
     if top.is_file():
         return top
-    checkpoints = []
-    for path in output_dir.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "trainer_state.json").is_file():
-            checkpoints.append((int(match.group(1)), path / "trainer_state.json"))
-    if not checkpoints:
+    from sft_recipes.run_dir import checkpoints
+
+    states = [path / "trainer_state.json" for path in checkpoints(output_dir)]
+    states = [state for state in states if state.is_file()]
+    if not states:
         raise error(
             str(top),
             "no trainer_state.json here nor in a checkpoint-*/ folder",
             "point at a run that saved a checkpoint",
         )
-    return max(checkpoints)[1]
+    return states[-1]
 
 
 def series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -9,19 +9,14 @@ import argparse
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import RecipeError
 
 logger = logging.getLogger("sft_recipes")
-
-COMPLETE_MARKER = "sft_recipes_complete"  # written into a checkpoint once every file of it is on disk
-SUMMARY = "run_summary.json"
-LOCK = ".sft_recipes.lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +66,11 @@ def run(recipe: Any) -> Any:
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.lora import build_lora_config
-    from sft_recipes.model.quantization import distributed_mode
     from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.run_dir import checkpoint_marker, output_lock, resume_checkpoint
     from sft_recipes.throughput import add_throughput_callback
-    from sft_recipes.validate import preflight
+    from sft_recipes.topology import Topology
+    from sft_recipes.validate.rules import preflight
 
     model_args, training_args, script_args = recipe.model, recipe.training, recipe.script
     config = preflight(recipe)
@@ -84,11 +80,11 @@ def run(recipe: Any) -> Any:
     with output_lock(output_dir):
         transformers.set_seed(training_args.seed)
         kind = detect_model_kind(config, model_args.model_kind)
-        mode = distributed_mode(training_args)
-        logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), mode)
+        topology = Topology.from_env(training_args)
+        logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), topology.mode)
         processing_class = load_processing_class(model_args, training_args, kind)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        model = load_model(model_args, training_args, kind, config, tokenizer, mode)
+        model = load_model(model_args, training_args, kind, config, tokenizer, topology)
         with training_args.main_process_first(desc="load and convert the dataset"):
             # rank 0 builds the datasets cache, the other ranks then read it instead of converting in parallel
             train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
@@ -99,7 +95,7 @@ def run(recipe: Any) -> Any:
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=build_lora_config(model_args, model, kind),
-            callbacks=[checkpoint_marker()],
+            callbacks=[checkpoint_marker(training_args)],  # it takes save_total_limit over
         )
         add_throughput_callback(trainer)  # first, so tensorboard/wandb/trackio receive its metrics
         if resume:
@@ -122,14 +118,13 @@ def run(recipe: Any) -> Any:
 
 # Share of the GPU a plan without activation checkpointing may fill: the planner aims at +-10% on GPUs.
 PLAN_HEADROOM = 0.9
-PLAN_PARALLELISM = {"single": "single", "ddp": "ddp", "zero2": "zero2", "zero3": "zero3", "fsdp": "fsdp2"}
 
 
 def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
     A value in the recipe or on the command line always wins. Attention is chosen at load time
-    (sft_recipes.model.best_attn_implementation); packing is a recipe key, set where tests/test_packing.py proves
-    packed == padded."""
+    (sft_recipes.model.attention.best_attn_implementation); packing is a recipe key, set where
+    tests/test_packing.py proves packed == padded."""
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib
 
@@ -165,13 +160,13 @@ def default_dataset_num_proc() -> int | None:
 
 def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
     """sft_recipes.plan's estimate for this run as launched; None (with a warning) for a model it cannot model."""
-    from sft_recipes.model.quantization import distributed_mode
     from sft_recipes.plan.command import plan_input_from_recipe
     from sft_recipes.plan.formula import estimate
+    from sft_recipes.topology import Topology
 
-    parallelism = PLAN_PARALLELISM[distributed_mode(recipe.training)]
+    topology = Topology.from_env(recipe.training)
     try:
-        return estimate(plan_input_from_recipe(recipe, config, parallelism, int(os.environ.get("WORLD_SIZE", "1"))))
+        return estimate(plan_input_from_recipe(recipe, config, topology))
     except (RecipeError, KeyError, TypeError, ValueError) as err:
         logger.warning("No memory plan for this model (%s): activation checkpointing stays as configured", err)
         return None
@@ -194,133 +189,12 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
     return True, f"the plan needs it ({need:.1f} GiB without it > {PLAN_HEADROOM:.0%} of {gpu_memory_gib:.0f} GiB)"
 
 
-def completed_checkpoints(output_dir: str) -> list[Path]:
-    """Checkpoints whose every file was written, oldest first. One cut off by a crash has no marker (ours) and
-    a partial trainer_state.json (plain HF runs): it is never picked."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if not match or not path.is_dir():
-            continue
-        if (path / COMPLETE_MARKER).exists():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
-
-
-def resume_checkpoint(output_dir: str, requested: str | bool | None, overwrite: bool) -> str | None:
-    """The checkpoint to resume from: the requested one, else the last complete one in output_dir."""
-    if isinstance(requested, str) and requested not in ("True", "true"):
-        if not (Path(requested) / "trainer_state.json").is_file():
-            raise RecipeError(
-                Problem(
-                    "resume_from_checkpoint",
-                    f"{requested} is not a complete checkpoint",
-                    "point it at a checkpoint-N folder, or leave it unset to resume automatically",
-                )
-            )
-        return requested
-    if overwrite:
-        return None
-    done = (Path(output_dir) / SUMMARY).is_file()
-    checkpoints = completed_checkpoints(output_dir)
-    if done and not requested:
-        raise RecipeError(
-            Problem(
-                "output_dir",
-                f"{output_dir} already holds a finished run ({SUMMARY})",
-                "pick a new output_dir, or pass --overwrite_output_dir true to train again",
-            )
-        )
-    return str(checkpoints[-1]) if checkpoints else None
-
-
-class _Lock:
-    def __init__(self, output_dir: str):
-        self.path = Path(output_dir) / LOCK
-        self.held = False
-
-    def __enter__(self) -> _Lock:
-        if int(os.environ.get("RANK", "0")) != 0:
-            return self  # rank 0 holds the lock for the whole job
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = int((self.path.read_text().strip() or "0").split()[0])
-                if pid and _alive(pid):
-                    raise RecipeError(
-                        Problem(
-                            str(self.path.parent),
-                            f"another run (pid {pid}) is writing to this output_dir",
-                            "wait for it, or choose another output_dir",
-                        )
-                    ) from None
-                self.path.unlink(missing_ok=True)  # left by a run that was killed
-                continue
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.close(fd)
-            self.held = True
-            return self
-        raise RecipeError(Problem(str(self.path), "could not take the output_dir lock", "remove the lock file"))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-
-
-def output_lock(output_dir: str) -> _Lock:
-    """Refuse a second concurrent run into the same output_dir."""
-    return _Lock(output_dir)
-
-
-def lock_holder(output_dir: str) -> int | None:
-    """The pid of a live run holding output_dir's lock, None when free or left by a killed run."""
-    path = Path(output_dir) / LOCK
-    try:
-        pid = int((path.read_text().strip() or "0").split()[0])
-    except (OSError, ValueError):
-        return None
-    return pid if pid and _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def checkpoint_marker() -> Any:
-    """A callback that marks a checkpoint complete once the trainer wrote all of it (on_save runs after
-    _save_checkpoint), fsynced so a crash never leaves a marker without its files."""
-    from transformers import TrainerCallback
-
-    class CheckpointMarker(TrainerCallback):
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and path.is_dir():
-                with open(path / COMPLETE_MARKER, "w") as marker:
-                    marker.write(f"{state.global_step}\n")
-                    marker.flush()
-                    os.fsync(marker.fileno())
-
-    return CheckpointMarker()
-
-
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
     EOS id and no pad among them, the resolved recipe and a run summary."""
-    import yaml
     from transformers import GenerationConfig
 
-    from sft_recipes.environment import package_versions
+    from sft_recipes.run_dir import run_summary, write_run_record
 
     out = Path(output_dir)
     config_path = out / "config.json"
@@ -337,20 +211,7 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     save_generation_config(out, generation, tokenizer)
     if recipe.raw.get("attn_implementation") in (None, "auto"):
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-    header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
-    (out / "recipe.yaml").write_text(header + yaml.safe_dump(recipe.raw, sort_keys=True))
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    summary = {
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "tokens_seen": _tokens_seen(trainer),
-        "final_loss": history[-1]["loss"] if history else None,
-        "train_loss": getattr(result, "training_loss", None),
-        "wall_time_s": round(seconds, 2),
-        "world_size": trainer.accelerator.num_processes,
-        "versions": package_versions(),
-    }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_run_record(output_dir, recipe.raw, run_summary(trainer, result, seconds))
 
 
 def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:
@@ -365,11 +226,3 @@ def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:
     if generation.bos_token_id is None:
         generation.bos_token_id = tokenizer.bos_token_id
     generation.save_pretrained(out)
-
-
-def _tokens_seen(trainer: Any) -> int | None:
-    seen = getattr(trainer.state, "num_input_tokens_seen", 0)
-    if seen:
-        return int(seen)
-    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
-    return int(tokens[-1]) if tokens else None

@@ -17,6 +17,7 @@ from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
 from sft_recipes.model.loading import embedding_rows
 from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.topology import Topology
 
 logger = logging.getLogger("sft_recipes")
 
@@ -288,14 +289,14 @@ def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device:
     precision = SimpleNamespace(
         bf16=layout.recipe.get("bf16", not layout.recipe.get("fp16", False)), fp16=layout.recipe.get("fp16", False)
     )
-    quantization = build_quantization_config(model_args, compute_dtype(precision), "single")
+    quantization = build_quantization_config(model_args, compute_dtype(precision), Topology())
     torch_dtype = resolve_dtype(dtype or model_args.dtype, precision, layout.config)
     model = auto_class.from_pretrained(
         layout.base,
         revision=layout.recipe.get("model_revision"),
         dtype=torch_dtype,
         quantization_config=quantization,
-        device_map=get_kbit_device_map("single") if quantization is not None else None,
+        device_map=get_kbit_device_map(Topology()) if quantization is not None else None,
         **common,
     )
     if quantization is None:

@@ -45,12 +45,14 @@ def cpu_accelerate_config(name: str, directory: Path, **overrides: object) -> Pa
     config = yaml.safe_load((SHIPPED_CONFIGS / f"{name}.yaml").read_text())
     config.pop("gpu_ids", None)
     config.update(
-        num_machines=1,
-        num_processes=WORLD_SIZE,
-        machine_rank=0,
-        mixed_precision="no",  # bf16 on CPU would make the comparison loose; fp32 keeps it tight
-        main_process_port=free_port(),
-        **overrides,
+        {
+            "num_machines": 1,
+            "num_processes": WORLD_SIZE,
+            "machine_rank": 0,
+            "mixed_precision": "no",  # bf16 on CPU would make the comparison loose; fp32 keeps it tight
+            "main_process_port": free_port(),
+            **overrides,
+        }
     )
     path = directory / f"{name}-cpu.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -96,7 +98,7 @@ def launch(recipe: Path, accelerate_config: Path, out: Path) -> Run:
 def launched_ok(run: Run, mode: str) -> Run:
     """Assert the launch exited cleanly and really ran WORLD_SIZE ranks in `mode`."""
     assert run.returncode == 0 and ABORT not in run.log, run.log[-4000:]
-    # Each rank logs its own distributed_mode(); `accelerate launch --cpu` would silently run only one.
+    # Each rank logs its own Topology mode; `accelerate launch --cpu` would silently run only one.
     assert run.log.count(f"distributed mode: {mode}") == WORLD_SIZE, run.log[-4000:]
     assert run.summary["world_size"] == WORLD_SIZE
     return run

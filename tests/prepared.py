@@ -27,7 +27,7 @@ def recipe_for(tmp_path: Path, model_dir: Path, rows: list[dict[str, Any]], **ke
 
 def prepared_trainer(tmp_path: Path, model_dir: Path, rows: list[dict[str, Any]], **keys: Any) -> Any:
     """trl.SFTTrainer with its data prepared exactly as for training (inspect's meta-device trainer)."""
-    from sft_recipes.inspection import build_trainer
+    from sft_recipes.inspection.meta_trainer import build_trainer
 
     trainer, _, _ = build_trainer(recipe_for(tmp_path, model_dir, rows, **keys), str(tmp_path / "inspect"))
     return trainer

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rank_env import launch_env
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -24,29 +25,6 @@ def _load(path: Path):
     from accelerate.commands.config.config_args import load_config_from_file
 
     return load_config_from_file(str(path))
-
-
-def _launch_env(path: Path, *extra: str) -> tuple[object, dict[str, str]]:
-    """What `accelerate launch --config_file path` would export, computed without starting any process."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import (
-        prepare_deepspeed_cmd_env,
-        prepare_multi_gpu_env,
-        prepare_simple_launcher_cmd_env,
-    )
-
-    args = launch_command_parser().parse_args(["--config_file", str(path), *extra, "train.py"])
-    args, defaults, mixed_precision_from_config = _validate_launch_command(args)
-    if args.use_deepspeed:
-        # launch_command() sets this attribute just before it calls the DeepSpeed launcher.
-        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
-        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
-        _, env = prepare_deepspeed_cmd_env(args)
-    elif args.multi_gpu or args.use_fsdp:
-        env = prepare_multi_gpu_env(args)
-    else:
-        _, env = prepare_simple_launcher_cmd_env(args)
-    return args, env
 
 
 def test_the_documented_topologies_all_exist():
@@ -93,7 +71,7 @@ def test_zero3_configs_init_sharded_and_gather_weights_on_save(path):
     assert config.deepspeed_config["zero3_init_flag"] is True
     # Without a 16-bit gather, save_model under ZeRO-3 writes an empty state dict plus DeepSpeed shards.
     assert config.deepspeed_config["zero3_save_16bit_model"] is True
-    _, env = _launch_env(path)
+    _, env = launch_env(path)
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
     assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
     assert env["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"
@@ -105,7 +83,7 @@ def test_fsdp_configs_are_fsdp2_and_save_a_full_state_dict(path):
     assert config.fsdp_config["fsdp_version"] == 2
     assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] is True
-    _, env = _launch_env(path)
+    _, env = launch_env(path)
     assert env["FSDP_VERSION"] == "2"
     # transformers' Trainer.save_model writes nothing under SHARDED_STATE_DICT; FULL gathers real weights.
     assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
@@ -117,7 +95,7 @@ def test_fsdp2_qlora_is_fsdp_version_2():
 
 
 def test_multi_node_launch_splits_processes_over_machines_and_uses_the_given_rank():
-    args, env = _launch_env(CONFIG_DIR / "multi_node.yaml", "--machine_rank", "1", "--main_process_ip", "node-a")
+    args, env = launch_env(CONFIG_DIR / "multi_node.yaml", "--machine_rank", "1", "--main_process_ip", "node-a")
     assert (int(args.nnodes), int(args.nproc_per_node), int(args.node_rank)) == (2, GPUS_PER_MACHINE, 1)
     assert args.rdzv_endpoint == "node-a:29500"
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
@@ -125,5 +103,5 @@ def test_multi_node_launch_splits_processes_over_machines_and_uses_the_given_ran
 
 @pytest.mark.parametrize("name", ["single_gpu", "multi_gpu"])
 def test_plain_configs_export_bf16_mixed_precision(name):
-    _, env = _launch_env(CONFIG_DIR / f"{name}.yaml")
+    _, env = launch_env(CONFIG_DIR / f"{name}.yaml")
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"

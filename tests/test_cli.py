@@ -64,19 +64,48 @@ def test_unknown_command_exits_2():
     assert done.returncode == 2 and "unknown command" in done.stderr
 
 
-def test_accelerate_config_by_name_becomes_an_accelerate_launch_line():
+def test_accelerate_config_by_name_becomes_an_accelerate_launch_line(tmp_path):
     from sft_recipes.arguments import launch_flags, parse_with_recipe
     from sft_recipes.launch import launch_command
     from sft_recipes.train import build_parser
 
-    argv = ["--config", "r.yaml", "--accelerate_config", "zero3", "--num_processes", "2", "--learning_rate", "1.0e-4"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: m\ndataset_name: d\nuse_cpu: true\n")
+    argv = [
+        "--config",
+        str(recipe),
+        "--accelerate_config",
+        "zero3",
+        "--num_processes",
+        "2",
+        "--learning_rate",
+        "1.0e-4",
+    ]
     args, rest = parse_with_recipe(build_parser(), argv)
     line = launch_command("train", launch_flags(args), rest)
     assert line[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     assert line[4].endswith("accelerate_configs/zero3.yaml")
-    assert line[5:7] == ["--num_processes", "2"]
-    assert line[7:] == ["-m", "sft_recipes", "train", "--config", "r.yaml", "--learning_rate", "1.0e-4"]
-    assert launch_command("train", {}, ["--config", "r.yaml"]) is None
+    assert line[5:7] == ["--mixed_precision", "no"]  # the recipe's CPU run, over the config's bf16
+    assert line[7:9] == ["--num_processes", "2"]
+    assert line[9:] == ["-m", "sft_recipes", "train", "--config", str(recipe), "--learning_rate", "1.0e-4"]
+    assert launch_command("train", {}, ["--config", str(recipe)]) is None
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fp16", "use_cpu", "expected"),
+    [
+        (True, False, False, "bf16"),
+        (False, True, False, "fp16"),
+        (False, False, False, "no"),
+        (True, False, True, "no"),
+    ],
+)
+def test_the_launch_precision_is_the_recipes(bf16, fp16, use_cpu, expected):
+    from types import SimpleNamespace
+
+    from sft_recipes.launch import launch_precision
+
+    assert launch_precision(SimpleNamespace(bf16=bf16, fp16=fp16, use_cpu=use_cpu)) == expected
 
 
 def test_unknown_accelerate_config_lists_the_bundled_ones():

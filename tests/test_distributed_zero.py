@@ -80,6 +80,17 @@ def test_zero3_full_fine_tuning_without_gathering_on_save_stops_before_loading_w
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_config_in_bf16_launches_an_fp32_recipe_in_fp32(setup, tmp_path):
+    # The shipped mixed_precision (bf16) against a recipe with bf16: false: DeepSpeed refused it ("ds bf16.enabled=True
+    # vs hf bf16=False") until the launcher passed the recipe's precision; now the run is the fp32 single-process one.
+    config = cpu_accelerate_config("zero3", tmp_path, mixed_precision="bf16")
+    run = launched_ok(launch(setup.recipe("full"), config, tmp_path / "out"), "zero3")
+    assert "--mixed_precision no" in run.log
+    setup.assert_reproduces_reference(run, "full")
+
+
 def _zero3() -> dict:
     return yaml.safe_load((SHIPPED_CONFIGS / "zero3.yaml").read_text())["deepspeed_config"]
 
@@ -92,6 +103,7 @@ def test_only_full_fine_tuning_under_zero3_needs_the_16bit_gather_on_save(use_pe
 
     from sft_recipes.errors import RecipeError
     from sft_recipes.model.quantization import check_sharded_combination
+    from sft_recipes.topology import Topology
 
     # What TrainingArguments holds under `accelerate launch` with DeepSpeed: the plugin and its resolved config.
     zero = {"stage": 3, "stage3_gather_16bit_weights_on_model_save": gathers}
@@ -100,7 +112,9 @@ def test_only_full_fine_tuning_under_zero3_needs_the_16bit_gather_on_save(use_pe
     model = SimpleNamespace(use_peft=use_peft, load_in_4bit=False, load_in_8bit=False)
     if refused:
         with pytest.raises(RecipeError, match="zero3_save_16bit_model"):
-            check_sharded_combination(model, training, "zero3")
+            check_sharded_combination(model, training, Topology(mode="zero3"))
     else:
-        check_sharded_combination(model, training, "zero3")
-    check_sharded_combination(model, SimpleNamespace(deepspeed_plugin=None), "zero2")  # ZeRO-2 saves whole weights
+        check_sharded_combination(model, training, Topology(mode="zero3"))
+    check_sharded_combination(
+        model, SimpleNamespace(deepspeed_plugin=None), Topology(mode="zero2")
+    )  # ZeRO-2 saves whole weights

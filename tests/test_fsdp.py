@@ -13,9 +13,11 @@ import pytest
 import torch
 from runs import write_recipe
 
+from sft_recipes.topology import Topology
+
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_CONFIGS = ["fsdp2", "fsdp2_qlora"]
-SHARDED = ["fsdp", "zero3"]
+SHARDED = ["fsdp2", "zero3"]
 
 
 def launch_env(name: str) -> dict[str, str]:
@@ -37,25 +39,25 @@ def recipe(tmp_path: Path, model_dir: Path, data_path: Path, **keys):
 
 @pytest.mark.parametrize("name", FSDP_CONFIGS)
 def test_ranks_launched_with_a_shipped_fsdp_config_load_in_fsdp_mode(name, monkeypatch):
-    from sft_recipes.model.quantization import distributed_mode
 
     env = launch_env(name)
     assert env["ACCELERATE_USE_FSDP"] == "true"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("WORLD_SIZE", "8")
-    assert distributed_mode() == "fsdp"
+    assert Topology.from_env().mode == "fsdp2"
 
 
 @pytest.mark.parametrize(
-    ("mode", "placed"), [("single", True), ("ddp", True), ("zero2", True), ("zero3", False), ("fsdp", False)]
+    ("mode", "placed"), [("single", True), ("ddp", True), ("zero2", True), ("zero3", False), ("fsdp2", False)]
 )
 def test_kbit_weights_go_to_the_local_gpu_except_when_zero3_or_fsdp_shards_them(mode, placed, monkeypatch):
     from sft_recipes.model.quantization import get_kbit_device_map
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert get_kbit_device_map(mode) == ({"": 3} if placed else None)  # never "auto": it cannot train distributed
+    # never "auto": it cannot train distributed
+    assert get_kbit_device_map(Topology(mode=mode)) == ({"": 3} if placed else None)
 
 
 @pytest.mark.parametrize("mode", ["single", *SHARDED])
@@ -64,7 +66,7 @@ def test_sharded_qlora_stores_the_4bit_weights_in_the_compute_dtype(mode):
     from sft_recipes.model.quantization import build_quantization_config
 
     pytest.importorskip("bitsandbytes")
-    config = build_quantization_config(ModelConfig(load_in_4bit=True), torch.bfloat16, mode)
+    config = build_quantization_config(ModelConfig(load_in_4bit=True), torch.bfloat16, Topology(mode=mode))
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert config.bnb_4bit_quant_storage == (torch.bfloat16 if mode in SHARDED else torch.uint8)
 
@@ -85,7 +87,7 @@ def test_sharded_qlora_loads_every_weight_in_one_floating_dtype_without_a_device
     r = recipe(tmp_path, llama_dir, demo_data_path, load_in_4bit=True, bf16=True, dtype="bfloat16", use_peft=True)
     tokenizer = load_processing_class(r.model, r.training, CAUSAL_LM)
     config = json.loads((llama_dir / "config.json").read_text())
-    model = load_model(r.model, r.training, CAUSAL_LM, config, tokenizer, mode)
+    model = load_model(r.model, r.training, CAUSAL_LM, config, tokenizer, Topology(mode=mode))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     assert getattr(model, "hf_device_map", None) in (None, {"": "cpu"})
     if mode in SHARDED:
@@ -105,7 +107,7 @@ def test_lora_under_fsdp_loads_unplaced_in_one_dtype(tmp_path, llama_dir, demo_d
     r = recipe(tmp_path, llama_dir, demo_data_path, use_peft=True, bf16=True, dtype="bfloat16", lora_r=4)
     tokenizer = load_processing_class(r.model, r.training, CAUSAL_LM)
     config = json.loads((llama_dir / "config.json").read_text())
-    model = load_model(r.model, r.training, CAUSAL_LM, config, tokenizer, "fsdp")
+    model = load_model(r.model, r.training, CAUSAL_LM, config, tokenizer, Topology(mode="fsdp2"))
     assert getattr(model, "hf_device_map", None) is None and dtypes(model) == {torch.bfloat16}
     lora = build_lora_config(r.model, model, CAUSAL_LM)
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -26,7 +26,8 @@ def test_inspect_shows_exactly_the_first_batch_training_gets(packing, tmp_path, 
     import torch
     from trl import SFTTrainer
 
-    from sft_recipes.inspection import build_trainer, inspect_recipe
+    from sft_recipes.inspection.command import inspect_recipe
+    from sft_recipes.inspection.meta_trainer import build_trainer
     from sft_recipes.train import run
 
     keys = {"per_device_train_batch_size": 4, "max_steps": 1, "assistant_only_loss": True, "packing": packing}
@@ -67,7 +68,8 @@ def test_inspect_shows_exactly_the_first_batch_training_gets(packing, tmp_path, 
 
 
 def test_statistics_count_what_the_dataloader_yields(tmp_path, llama_dir):
-    from sft_recipes.inspection import build_trainer, inspect_recipe
+    from sft_recipes.inspection.command import inspect_recipe
+    from sft_recipes.inspection.meta_trainer import build_trainer
 
     long = {
         "messages": [{"role": "user", "content": "Tell me a story. " * 12}, {"role": "assistant", "content": "No."}]
@@ -96,7 +98,7 @@ def test_statistics_count_what_the_dataloader_yields(tmp_path, llama_dir):
 
 
 def test_packing_statistics_fill_rows_without_padding(tmp_path, llama_dir):
-    from sft_recipes.inspection import inspect_recipe
+    from sft_recipes.inspection.command import inspect_recipe
 
     recipe = recipe_for(tmp_path, llama_dir, CHATS, max_length=64, packing=True, per_device_train_batch_size=2)
     inspection = inspect_recipe(recipe, n=1)
@@ -130,7 +132,7 @@ def base_model_dir(tmp_path_factory):
 
 
 def problems_of(tmp_path, model_dir, rows=CHATS, template=None, **keys):
-    from sft_recipes.inspection import inspect_recipe
+    from sft_recipes.inspection.command import inspect_recipe
 
     if template is not None:
         (tmp_path / "template.jinja").write_text(template)
@@ -213,7 +215,7 @@ def test_meta_skeleton_builds_inside_a_zero3_launch_and_leaves_zero3_on(llama_di
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 
-    from sft_recipes.inspection import build_meta_model
+    from sft_recipes.inspection.meta_trainer import build_meta_model
 
     keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
     try:

@@ -89,6 +89,28 @@ def test_plan_counts_the_lora_parameters_peft_counts(causal_lm_dirs, vlm_dirs):
         assert lora_parameters(config, None, R) == peft_count, family
 
 
+def test_validate_plan_and_loader_agree_to_the_parameter_on_every_family(causal_lm_dirs, vlm_dirs):
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+
+    from sft_recipes.plan.shape import lora_parameters
+    from sft_recipes.validate.model_checks import check_meta_model
+    from sft_recipes.validate.validation import Validation
+
+    for family, path, kind in every_family(causal_lm_dirs, vlm_dirs):
+        config = json.loads((path / "config.json").read_text())
+        args = model_args(model_name_or_path=str(path))
+        training = SimpleNamespace(trust_remote_code=False)
+        recipe = SimpleNamespace(model=args, training=training, explicit=set(), path=None)
+        v = Validation(recipe, config=config, kind=kind)
+        check_meta_model(v)
+        real = load(path, kind)
+        trained = get_peft_model(real, build_lora_config(args, real, kind))
+        loader = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        assert v.trainable == loader == lora_parameters(config, None, R) > 0, family
+
+
 def test_default_lora_targets_name_every_projection_fused_ones_included(causal_lm_dirs):
     for family, path in causal_lm_dirs.items():
         targets = resolve_lora_targets(load(path, CAUSAL_LM, meta=True), CAUSAL_LM, None)

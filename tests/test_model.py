@@ -15,6 +15,7 @@ from sft_recipes.model.kind import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, detect_model_k
 from sft_recipes.model.loading import rope_scaling_plan
 from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
 from sft_recipes.model.tokenizer import apply_pad_policy
+from sft_recipes.topology import Topology
 
 
 def model_args(**overrides):
@@ -65,7 +66,7 @@ def test_qlora_config_is_nf4_double_quant_with_compute_dtype_of_training():
 
 
 def test_qlora_under_fsdp_stores_quantized_weights_in_the_compute_dtype():
-    config = build_quantization_config(model_args(load_in_4bit=True), torch.bfloat16, mode="fsdp")
+    config = build_quantization_config(model_args(load_in_4bit=True), torch.bfloat16, Topology(mode="fsdp2"))
     assert config.bnb_4bit_quant_storage == torch.bfloat16
 
 
@@ -76,24 +77,24 @@ def test_eight_bit_and_both_bit_widths():
         build_quantization_config(SimpleNamespace(load_in_4bit=True, load_in_8bit=True), torch.float32)
 
 
-@pytest.mark.parametrize("mode", ["zero3", "fsdp"])
+@pytest.mark.parametrize("mode", ["zero3", "fsdp2"])
 def test_no_device_map_under_zero3_or_fsdp(mode, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert get_kbit_device_map(mode) is None
+    assert get_kbit_device_map(Topology(mode=mode)) is None
 
 
 @pytest.mark.parametrize("mode", ["single", "ddp", "zero2"])
 def test_quantized_models_go_to_this_ranks_gpu_under_single_and_ddp(mode, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert get_kbit_device_map(mode) == {"": 3}
+    assert get_kbit_device_map(Topology(mode=mode)) == {"": 3}
 
 
 def test_device_map_is_never_auto_and_none_on_cpu():
-    for mode in ("single", "ddp", "zero2", "zero3", "fsdp"):
-        assert get_kbit_device_map(mode) != "auto"
+    for mode in ("single", "ddp", "zero2", "zero3", "fsdp2"):
+        assert get_kbit_device_map(Topology(mode=mode)) != "auto"
     if not torch.cuda.is_available():
-        assert get_kbit_device_map("single") is None
+        assert get_kbit_device_map(Topology()) is None
 
 
 def test_missing_flash_attn_falls_back_to_sdpa_or_fails_when_strict(caplog):

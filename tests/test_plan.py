@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sft_recipes.plan.activations import activation_bytes
-from sft_recipes.plan.command import main, parallelism_from_accelerate_config, plan_input_from_recipe
+from sft_recipes.plan.command import launched_topology, main, plan_input_from_recipe
 from sft_recipes.plan.fixes import find_fixes, max_micro_batch, suggestions, verdict_line
 from sft_recipes.plan.formula import CUDA_CONTEXT, FRAGMENTATION, estimate
 from sft_recipes.plan.gpus import GiB, gpu_spec
@@ -264,7 +264,8 @@ def test_accelerate_configs_map_to_parallelism(tmp_path):
     }
     for i, (text, expected) in enumerate(cases.items()):
         (tmp_path / f"{i}.yaml").write_text(text)
-        assert parallelism_from_accelerate_config(str(tmp_path / f"{i}.yaml")) == expected
+        topology = launched_topology({"accelerate_config": str(tmp_path / f"{i}.yaml")})
+        assert (topology.parallelism, topology.num_processes) == expected
 
 
 def test_plan_input_follows_the_recipe_fields():

@@ -88,7 +88,7 @@ def test_a_key_renamed_by_trl_fails_the_parse_and_names_the_key(tmp_path, old, n
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_header_launch_command_goes_through_our_launcher_to_a_bundled_config(path):
     from sft_recipes.arguments import launch_flags, parse_with_recipe
-    from sft_recipes.launch import launch_command
+    from sft_recipes.launch import launch_command, launch_precision
     from sft_recipes.train import build_parser
 
     command = header_command(path)
@@ -100,6 +100,7 @@ def test_header_launch_command_goes_through_our_launcher_to_a_bundled_config(pat
         return
     config = Path(line[line.index("--config_file") + 1])
     assert config.parent.name == "accelerate_configs" and config.is_file()
+    assert line[line.index("--mixed_precision") + 1] == launch_precision(parse(path).training)
     assert line[line.index("-m", 3) :] == ["-m", "sft_recipes", "train", "--config", command[3]]
 
 
@@ -118,19 +119,21 @@ def topologies(path: Path) -> list[str]:
     ids=lambda v: _id(v) if isinstance(v, Path) else v,
 )
 def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path, topology):
-    from sft_recipes.launch import read_accelerate_config
-    from sft_recipes.model.quantization import check_sharded_combination, distributed_mode
-    from sft_recipes.validate import Validation, check_distribution
+    from sft_recipes.model.quantization import check_sharded_combination
+    from sft_recipes.topology import Topology
+    from sft_recipes.validate.recipe_checks import check_distribution
+    from sft_recipes.validate.validation import Validation
 
     recipe = parse(path)
-    accelerate = read_accelerate_config(topology)
-    assert distributed_mode(recipe.training) == "single"  # the topology comes from the launcher, not the recipe
-    v = Validation(recipe)
-    check_distribution(v, accelerate)
+    assert Topology.from_env(recipe.training).mode == "single"  # the topology comes from the launcher, not the recipe
+    v = Validation(recipe, topology=Topology.from_accelerate_config(topology))
+    check_distribution(v)
     assert v.problems == [], [str(p) for p in v.problems]
     shipped = yaml.safe_load((ROOT / "accelerate_configs" / f"{topology}.yaml").read_text())
     gathers = (shipped.get("deepspeed_config") or {}).get("zero3_save_16bit_model", False)
     plugin = SimpleNamespace(
         deepspeed_config={"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": gathers}}
     )
-    check_sharded_combination(recipe.model, SimpleNamespace(deepspeed_plugin=plugin), accelerate["mode"])
+    check_sharded_combination(
+        recipe.model, SimpleNamespace(deepspeed_plugin=plugin), Topology.from_accelerate_config(topology)
+    )

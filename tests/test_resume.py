@@ -2,7 +2,8 @@
 checkpoint and ends with weights bit-identical to an uninterrupted run (CPU, fixed seed and data_seed, no workers).
 
 Measured: bit for bit (torch.equal on every tensor, max |diff| 0.0) for full fine-tuning and LoRA, so that is what
-is asserted.
+is asserted. Runs are halted at a checkpoint by tests/halting_run.py, never by a timer, so a loaded machine changes
+nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sft_recipes.train import COMPLETE_MARKER, LOCK, SUMMARY, completed_checkpoints
+from sft_recipes.run_dir import COMPLETE_MARKER, LOCK, LOCK_HOLDER, SUMMARY, completed_checkpoints
 
 STEPS, SAVE_EVERY = 16, 4  # 64 demo rows / batch 4 = 16 steps: one epoch, four checkpoints
 DETERMINISTIC = {
@@ -42,11 +42,12 @@ DETERMINISTIC = {
 }
 METHODS = {"full": {}, "lora": {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1}}
 WEIGHTS = {"full": "model.safetensors", "lora": "adapter_model.safetensors"}
+HALTING_RUN = Path(__file__).with_name("halting_run.py")
 
 
-def write(tmp_path: Path, name: str, model: Path, data: Path, method: str) -> Path:
+def write(tmp_path: Path, name: str, model: Path, data: Path, method: str, **extra: object) -> Path:
     recipe = tmp_path / f"{name}.yaml"
-    keys = {**DETERMINISTIC, **METHODS[method], "model_name_or_path": str(model), "dataset_name": str(data)}
+    keys = {**DETERMINISTIC, **METHODS[method], "model_name_or_path": str(model), "dataset_name": str(data), **extra}
     recipe.write_text(yaml.safe_dump({**keys, "output_dir": str(tmp_path / name)}))
     return recipe
 
@@ -55,17 +56,25 @@ def command(recipe: Path) -> list[str]:
     return [sys.executable, "-m", "sft_recipes", "train", "--config", str(recipe)]
 
 
-def start(recipe: Path, log: Path) -> subprocess.Popen:
+def halting(how: str, step: int, recipe: Path) -> list[str]:
+    """The same train command, halted at checkpoint-`step` (pause-after or kill-before its marker)."""
+    return [sys.executable, str(HALTING_RUN), how, str(step), *command(recipe)[3:]]
+
+
+def start(line: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(command(recipe), stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+    return subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+    """Until `path` exists; the run being halted at that checkpoint, it cannot end first unless it failed."""
+    import time
+
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert process.poll() is None, f"the run ended (rc {process.returncode}) before {path} appeared"
+        assert process.poll() is None, f"the run ended (rc {process.returncode}): {log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {path} after {timeout} s"
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def half_written_checkpoint(out: Path, step: int) -> Path:
@@ -82,7 +91,8 @@ def half_written_checkpoint(out: Path, step: int) -> Path:
 def test_sigkill_then_rerun_resumes_from_the_last_complete_checkpoint_to_identical_weights(
     method, tmp_path, llama_dir, demo_data_path, capsys
 ):
-    reference = start(write(tmp_path, "reference", llama_dir, demo_data_path, method), tmp_path / "reference.log")
+    reference_recipe = write(tmp_path, "reference", llama_dir, demo_data_path, method)
+    reference = start(command(reference_recipe), tmp_path / "reference.log")
     try:
         killed_then_resumed(method, tmp_path, llama_dir, demo_data_path, capsys)
         assert reference.wait() == 0, (tmp_path / "reference.log").read_text()[-3000:]
@@ -100,11 +110,10 @@ def killed_then_resumed(method: str, tmp_path: Path, llama_dir: Path, demo_data_
 
     recipe = write(tmp_path, "killed", llama_dir, demo_data_path, method)
     out = tmp_path / "killed"
-    run = start(recipe, tmp_path / "first.log")
-    wait_for(out / f"checkpoint-{SAVE_EVERY}" / COMPLETE_MARKER, run)
+    run = start(halting("pause-after", SAVE_EVERY, recipe), tmp_path / "first.log")
+    wait_for(out / f"checkpoint-{SAVE_EVERY}" / COMPLETE_MARKER, run, tmp_path / "first.log")
 
-    # Frozen mid-training: a second run of the same recipe is refused and names the pid holding output_dir.
-    os.kill(run.pid, signal.SIGSTOP)
+    # Paused mid-training: a second run of the same recipe is refused and names the pid holding output_dir.
     try:
         before = sorted(p.name for p in out.iterdir())
         assert main(["train", "--config", str(recipe)]) == 2
@@ -113,7 +122,9 @@ def killed_then_resumed(method: str, tmp_path: Path, llama_dir: Path, demo_data_
     finally:
         os.kill(run.pid, signal.SIGKILL)
         run.wait()
-    assert run.returncode == -signal.SIGKILL and (out / LOCK).exists() and not (out / SUMMARY).exists()
+    assert run.returncode == -signal.SIGKILL and not (out / SUMMARY).exists()
+    assert (out / LOCK).exists() and (out / LOCK_HOLDER).exists()  # left by the kill: the rerun must step over them
+    assert completed_checkpoints(out) == [out / f"checkpoint-{SAVE_EVERY}"]  # halted there, not later
 
     last = completed_checkpoints(str(out))[-1]
     partial = half_written_checkpoint(out, STEPS - 1)
@@ -125,7 +136,28 @@ def killed_then_resumed(method: str, tmp_path: Path, llama_dir: Path, demo_data_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {last}" in resumed.stderr and partial.name not in resumed.stderr
     summary = json.loads((out / SUMMARY).read_text())
-    assert summary["steps"] == STEPS and not (out / LOCK).exists()
+    assert summary["steps"] == STEPS and not (out / LOCK).exists() and not (out / LOCK_HOLDER).exists()
+
+
+@pytest.mark.slow
+def test_a_kill_between_a_save_and_its_marker_keeps_the_last_complete_checkpoint(tmp_path, llama_dir, demo_data_path):
+    # save_total_limit 1: transformers deletes checkpoint-4 while saving checkpoint-8, before any callback runs.
+    steps = 2 * SAVE_EVERY
+    recipe = write(tmp_path, "out", llama_dir, demo_data_path, "full", max_steps=steps, save_total_limit=1)
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run(halting("kill-before", steps, recipe), capture_output=True, text=True, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / f"checkpoint-{steps}" / "trainer_state.json").is_file()  # killed after the save, before its marker
+    assert completed_checkpoints(out) == [out / f"checkpoint-{SAVE_EVERY}"]
+
+    resumed = subprocess.run(command(recipe), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {out / f'checkpoint-{SAVE_EVERY}'}" in resumed.stderr
+    assert json.loads((out / SUMMARY).read_text())["steps"] == steps
+    # save_total_limit still holds: the one checkpoint left is the last, and it is complete
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{steps}"]
+    assert completed_checkpoints(out) == [out / f"checkpoint-{steps}"]
 
 
 def test_final_save_writes_the_resolved_recipe_and_a_run_summary(tmp_path, llama_dir, demo_data_path):

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from test_validate_bad_inputs import BASE, fill, run_validate, write_recipe
 
+from sft_recipes.topology import Topology
+
 EVIL_CODE = """
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def test_auto_map_on_a_known_model_type_never_runs_the_repository_code(tmp_path,
     assert code == 0, err
     recipe = parse_recipe(["--config", str(recipe_path)])
     tokenizer = load_processing_class(recipe.model, recipe.training, "causal_lm")
-    loaded = load_model(recipe.model, recipe.training, "causal_lm", config, tokenizer, "single")
+    loaded = load_model(recipe.model, recipe.training, "causal_lm", config, tokenizer, Topology())
     assert type(loaded).__module__.startswith("transformers.models.llama")
     assert not (model / "remote-code-ran").exists()
 
@@ -97,7 +99,7 @@ def test_pickle_weights_are_refused_unless_allowed_then_load(tmp_path, places, c
     from sft_recipes.errors import RecipeError
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.tokenizer import load_processing_class
-    from sft_recipes.validate import preflight
+    from sft_recipes.validate.rules import preflight
 
     model = pickle_only(Path(places["llama"]), tmp_path / "pickled")
     refused = write_recipe(tmp_path, places, {"model_name_or_path": str(model)})
@@ -111,7 +113,12 @@ def test_pickle_weights_are_refused_unless_allowed_then_load(tmp_path, places, c
     recipe = parse_recipe(["--config", str(allowed)])
     config = preflight(recipe)
     tokenizer = load_processing_class(recipe.model, recipe.training, "causal_lm")
-    assert load_model(recipe.model, recipe.training, "causal_lm", config, tokenizer, "single") is not None
+    import torch
+
+    loaded = load_model(recipe.model, recipe.training, "causal_lm", config, tokenizer, Topology()).state_dict()
+    pickled = torch.load(model / "pytorch_model.bin", weights_only=True)
+    assert pickled.keys() <= loaded.keys()
+    assert all(torch.equal(loaded[name], weight) for name, weight in pickled.items())  # the .bin weights, not random
 
 
 def test_a_run_saves_safetensors_only_and_keeps_secrets_out_of_logs_and_files(tmp_path, places):

@@ -3,6 +3,7 @@ what will happen; and `train` refusing a bad recipe before it loads any weight."
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,19 @@ import yaml
 from test_validate_bad_inputs import BASE, fill, run_validate, tree, write_recipe
 
 
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    """A base model: its tokenizer and generation config end text with <|endoftext|>, its chat template ends turns
+    with <|im_end|>."""
+    from sft_recipes.tiny import build_causal_lm, build_tokenizer
+
+    tokenizer = build_tokenizer(eos_token="<|endoftext|>", pad_token="<unk>")
+    return build_causal_lm("llama", tmp_path_factory.mktemp("base"), tokenizer=tokenizer)
+
+
 @pytest.fixture
-def places(tmp_path, llama_dir, demo_data_path) -> dict[str, str]:
-    return {"llama": str(llama_dir), "data": str(demo_data_path), "tmp": str(tmp_path)}
+def places(tmp_path, llama_dir, demo_data_path, base_dir) -> dict[str, str]:
+    return {"llama": str(llama_dir), "data": str(demo_data_path), "tmp": str(tmp_path), "base": str(base_dir)}
 
 
 def parsed(tmp_path: Path, places: dict[str, str], **keys):
@@ -55,9 +66,11 @@ def test_good_recipe_exits_0_with_a_summary_and_writes_nothing(tmp_path, places,
         "64 (model context 256)",
         "packing         off",
         "64 examples",
-        "trained tokens  100% of",
     ):
         assert expected in out, f"{expected!r} not in:\n{out}"
+    # Without assistant_only_loss every token is trained but each row's first, which the loss never predicts.
+    share, tokens = re.search(r"trained tokens  (\d+)% of ([\d,]+) tokens in the first 32 rows", out).groups()
+    assert int(share) == round(100 * (int(tokens.replace(",", "")) - 32) / int(tokens.replace(",", "")))
     assert tree(tmp_path, llama_dir) == before and not (tmp_path / "out").exists()
 
 
@@ -68,7 +81,7 @@ def test_good_recipe_exits_0_with_a_summary_and_writes_nothing(tmp_path, places,
 def test_trainable_count_from_config_alone_equals_peft_on_the_real_model(
     family, lora, tmp_path, causal_lm_dirs, vlm_dirs, demo_data_path
 ):
-    from sft_recipes.validate import validate
+    from sft_recipes.validate.rules import validate
 
     model_dir = {**causal_lm_dirs, **vlm_dirs}[family]
     kind = "image_text_to_text" if family in vlm_dirs else "causal_lm"
@@ -93,7 +106,9 @@ WARNINGS = [
     pytest.param({"max_length": 12}, ["longer than max_length 12", "will be cut"], id="truncation"),
     pytest.param({"model_init_kwargs": {"device_map": {"": 0}}}, ["device_map is ignored"], id="device-map-ignored"),
     pytest.param(
-        {"eos_token": "<|endoftext|>", "pad_token": "<unk>"}, ["is not trained in 32 of 32"], id="eos-untrained"
+        {"model_name_or_path": "{base}"},
+        ["eos_token: the chat template ends assistant turns with <|im_end|> but generation stops at <|endoftext|>"],
+        id="generation-does-not-stop-at-the-end-of-turn",
     ),
 ]
 
@@ -107,6 +122,30 @@ def test_warnings_print_and_exit_0(keys, expected, tmp_path, places, capsys, mon
     assert "warning:" in err and "OK (" in out
     for fragment in expected:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
+
+
+def test_an_end_of_turn_outside_the_loss_is_a_warning_naming_the_stop_token(tmp_path, places, capsys, monkeypatch):
+    from sft_recipes.tiny import chatml_template
+
+    template = chatml_template().replace(
+        "{{- '<|im_end|>' -}}\n        {%- endgeneration -%}", "{%- endgeneration -%}\n        {{- '<|im_end|>' -}}"
+    )
+    (tmp_path / "template.jinja").write_text(template)
+    keys = {"assistant_only_loss": True, "chat_template_path": str(tmp_path / "template.jinja")}
+    code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, keys))
+    assert code == 0, err
+    assert "loss mask: 32 of 32 whole documents never train the stop token <|im_end|>" in err
+
+
+def test_an_eos_that_is_not_the_end_of_turn_is_fine_while_generation_stops_at_the_end_of_turn(
+    tmp_path, places, capsys, monkeypatch
+):
+    """The tiny chat model's generation config stops at <|im_end|>, which the template trains: the model stops,
+    whatever eos_token says (validate used to warn that the EOS itself was never trained)."""
+    keys = {"eos_token": "<|endoftext|>", "pad_token": "<unk>", "assistant_only_loss": True}
+    code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, keys))
+    assert code == 0, err
+    assert "warning:" not in err, err
 
 
 def test_rope_plan_and_vlm_kind_are_in_the_summary(tmp_path, places, vlm_dirs, capsys, monkeypatch):
@@ -144,7 +183,8 @@ def test_missing_flash_attn_falls_back_to_sdpa_and_says_so(tmp_path, places, cap
 def test_gpu_without_bf16_is_an_error_naming_fp16(tmp_path, places, monkeypatch):
     import torch
 
-    from sft_recipes.validate import Validation, check_hardware
+    from sft_recipes.validate.recipe_checks import check_hardware
+    from sft_recipes.validate.validation import Validation
 
     v = Validation(parsed(tmp_path, places, bf16=True))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -173,12 +213,16 @@ def test_accelerate_config_is_read_into_the_summary(tmp_path, places, capsys, mo
         ("text", {}),
     ],
 )
-def test_trained_token_masks_agree_with_the_trainers_labels(data, keys, tmp_path, places, llama_dir):
-    """validate re-creates TRL's masks on a sample; the trainer's own labels are the reference."""
+def test_validate_counts_the_tokens_plain_trl_trains_on_the_real_model(data, keys, tmp_path, places, llama_dir):
+    """validate prepares its sample with SFTTrainer on a meta-device model; plain TRL on the real model is the
+    reference."""
     import json
 
-    from sft_recipes.inspection import build_trainer
-    from sft_recipes.validate import _trained_tokens, validate
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_recipes.validate.rules import validate
 
     rows = [json.loads(line) for line in Path(places["data"]).read_text().splitlines()[:16]]
     if data == "prompt_completion":
@@ -187,16 +231,19 @@ def test_trained_token_masks_agree_with_the_trainers_labels(data, keys, tmp_path
         rows = [{"text": f"Q: {r['messages'][0]['content']} A: {r['messages'][1]['content']}"} for r in rows]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = parsed(tmp_path, {**places, "data": str(path)}, max_length=None, **keys)
-    v = validate(recipe)
+    v = validate(parsed(tmp_path, {**places, "data": str(path)}, max_length=None, **keys))
     assert v.errors == []
-    from sft_recipes.data.loading import load_training_data
-
-    train, _ = load_training_data(recipe.script, recipe.mixture, recipe.training)
-    ours = [sum(_trained_tokens(v, row)[1]) for row in train]
-    trainer, _, _ = build_trainer(recipe, str(tmp_path / "inspect"))
-    theirs = [sum(label != -100 for label in row["labels"]) for row in trainer.train_dataset]
-    assert ours == theirs and sum(ours) > 0
+    plain = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(llama_dir),
+        args=SFTConfig(str(tmp_path / "plain"), max_length=None, report_to="none", use_cpu=True, **keys),
+        train_dataset=load_dataset("json", data_files=str(path), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(llama_dir),
+    )
+    tokens = sum(len(row["input_ids"]) for row in plain.train_dataset)
+    trained = sum(label != -100 for row in plain.train_dataset for label in row["labels"][1:])  # labels shift by one
+    assert v.statistics is not None and v.statistics["sample"] == len(rows)
+    assert (v.statistics["tokens"], v.statistics["trained_tokens"]) == (tokens, trained)
+    assert 0 < trained < tokens
 
 
 def test_train_refuses_a_bad_recipe_before_loading_weights(tmp_path, places, capsys, monkeypatch):

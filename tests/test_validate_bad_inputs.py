@@ -140,20 +140,36 @@ def tokenizer_without_template(tmp: Path, _: pytest.MonkeyPatch, places: dict[st
     build_tokenizer(tmp / "no-template", chat_template=False)
 
 
+def base_model(tmp: Path, _: pytest.MonkeyPatch, places: dict[str, str]) -> None:
+    """A base model: tokenizer and generation config end text with <|endoftext|> (also its pad), the chat template
+    ends turns with <|im_end|>."""
+    from sft_recipes.tiny import build_causal_lm, build_tokenizer
+
+    tokenizer = build_tokenizer(eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    build_causal_lm("llama", tmp / "base", tokenizer=tokenizer)
+
+
 def finished_run(tmp: Path, _: pytest.MonkeyPatch, places: dict[str, str]) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "run_summary.json").write_text(json.dumps({"steps": 4}))
 
 
-def live_lock(tmp: Path, _: pytest.MonkeyPatch, places: dict[str, str]) -> None:
-    (tmp / "out").mkdir()
-    (tmp / "out" / ".sft_recipes.lock").write_text(f"{os.getpid()}\n")
+def live_lock(tmp: Path, monkeypatch: pytest.MonkeyPatch, places: dict[str, str]) -> None:
+    """This process holds output_dir's lock, as a live run would, until the test ends."""
+    import sys
+
+    from sft_recipes.run_dir import output_lock
+
+    held = output_lock(str(tmp / "out"))
+    held.__enter__()
+    # monkeypatch holds the only reference; its undo at teardown drops it, which releases the lock
+    monkeypatch.setattr(sys.modules[__name__], "HELD_LOCK", held, raising=False)
 
 
 def full_disk(tmp: Path, monkeypatch: pytest.MonkeyPatch, places: dict[str, str]) -> None:
-    from sft_recipes import validate
+    from sft_recipes.validate import output_checks
 
-    monkeypatch.setattr(validate, "free_space", lambda path: 1024)
+    monkeypatch.setattr(output_checks, "free_space", lambda path: 1024)
 
 
 def no_flash_attn(tmp: Path, monkeypatch: pytest.MonkeyPatch, places: dict[str, str]) -> None:
@@ -220,7 +236,8 @@ CASES = [
     case("eos-token-not-in-vocab", "@eos_token", "'<|eot_id|>' is not in the tokenizer's vocabulary",
          eos_token="<|eot_id|>"),
     case("pad-token-not-in-vocab", "@pad_token", "not in the tokenizer's vocabulary", pad_token="<pad>"),
-    case("pad-equals-eos-and-eos-untrained", "@eos_token", "pad == eos", "never learns to stop",
+    case("pad-equals-eos-and-generation-never-stops", "@eos_token", "generation stops at <|endoftext|>",
+         "run on past its answer (pad == eos '<|endoftext|>')", setup=base_model, model_name_or_path="{tmp}/base",
          eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
     # 17: data
     case("data-file-missing", "{tmp}/nope.jsonl", "file not found", dataset_name="{tmp}/nope.jsonl"),

@@ -52,7 +52,7 @@ def test_without_max_length_every_example_keeps_all_its_image_tokens(tmp_path, v
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from sft_recipes.inspection import build_trainer, image_token_id
+    from sft_recipes.inspection.meta_trainer import build_trainer, image_token_id
 
     recipe = recipe_for(tmp_path, vlm_dir, vision_rows, max_length=None, per_device_train_batch_size=2)
     trainer, _, _ = build_trainer(recipe, str(tmp_path / "inspect"))
@@ -67,7 +67,7 @@ def test_without_max_length_every_example_keeps_all_its_image_tokens(tmp_path, v
 
 
 def test_inspect_marks_examples_a_max_length_would_cut_inside_their_image_tokens(tmp_path, vision_rows, vlm_dirs):
-    from sft_recipes.inspection import inspect_recipe
+    from sft_recipes.inspection.command import inspect_recipe
 
     recipe = recipe_for(tmp_path, vlm_dirs["llava"], vision_rows, max_length=40, per_device_train_batch_size=2)
     inspection = inspect_recipe(recipe, n=2)

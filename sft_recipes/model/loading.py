@@ -9,12 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.attention import resolve_attn_implementation
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype, text_config
-from sft_recipes.model.quantization import (
-    build_quantization_config,
-    check_sharded_combination,
-    distributed_mode,
-    get_kbit_device_map,
-)
+from sft_recipes.model.quantization import build_quantization_config, check_sharded_combination, get_kbit_device_map
+from sft_recipes.topology import Topology
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -23,16 +19,21 @@ logger = logging.getLogger("sft_recipes")
 
 
 def load_model(
-    model_args: Any, training_args: Any, kind: str, config: dict[str, Any], tokenizer: Any, mode: str | None = None
+    model_args: Any,
+    training_args: Any,
+    kind: str,
+    config: dict[str, Any],
+    tokenizer: Any,
+    topology: Topology | None = None,
 ) -> PreTrainedModel:
     """Load for training: concrete dtype, attention with fallback, quantization + device map, RoPE scaling,
     embeddings grown to a multiple of 8 when the tokenizer grew, use_cache off."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    mode = mode or distributed_mode(training_args)
-    check_sharded_combination(model_args, training_args, mode)
+    topology = topology or Topology.from_env(training_args)
+    check_sharded_combination(model_args, training_args, topology)
     dtype = resolve_dtype(model_args.dtype, training_args, config)
-    quantization = build_quantization_config(model_args, compute_dtype(training_args), mode)
+    quantization = build_quantization_config(model_args, compute_dtype(training_args), topology)
     name = model_args.model_name_or_path
     common = dict(
         revision=model_args.model_revision,
@@ -60,7 +61,7 @@ def load_model(
         dtype,
         model_args.attn_implementation,
         quantization and quantization.quant_method,
-        mode,
+        topology.mode,
     )
     model = auto_class.from_pretrained(
         name,
@@ -70,7 +71,7 @@ def load_model(
             model_args.attn_implementation, model_args.attn_strict, config, dtype
         ),
         quantization_config=quantization,
-        device_map=get_kbit_device_map(mode) if quantization is not None else None,
+        device_map=get_kbit_device_map(topology) if quantization is not None else None,
         use_safetensors=None if model_args.allow_pickle_weights else True,
         **common,
     )
@@ -87,7 +88,7 @@ def load_model(
     model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
     # Not when sharded: it upcasts every non-4-bit weight to fp32, and ZeRO-3/FSDP cannot gather mixed dtypes
     # (DeepSpeed#8072). SFTTrainer still enables input gradients for gradient checkpointing itself.
-    if quantization is not None and mode not in ("fsdp", "zero3"):
+    if quantization is not None and not topology.sharded:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(

@@ -128,12 +128,16 @@ def build_lora_config(model_args: Any, model: PreTrainedModel, kind: str) -> Lor
     )
 
 
-def count_lora_parameters(model: PreTrainedModel, lora_config: LoraConfig) -> int:
-    """Trainable parameters once PEFT applies `lora_config`, counted by PEFT itself on a copy of `model` (made for
-    meta-device models, where the copy costs nothing): adapters, DoRA magnitudes and modules_to_save alike."""
+def lora_copy(model: PreTrainedModel, lora_config: LoraConfig) -> Any:
+    """PEFT's own model of `lora_config` on a copy of `model` (made for meta-device models, where the copy costs
+    nothing), so that counts come from PEFT and never from a formula of ours."""
     import copy
 
     from peft import get_peft_model
 
-    peft_model = get_peft_model(copy.deepcopy(model), copy.deepcopy(lora_config))
-    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return get_peft_model(copy.deepcopy(model), copy.deepcopy(lora_config))
+
+
+def count_lora_parameters(model: PreTrainedModel, lora_config: LoraConfig) -> int:
+    """Trainable parameters once PEFT applies `lora_config`: adapters, DoRA magnitudes and modules_to_save alike."""
+    return sum(p.numel() for p in lora_copy(model, lora_config).parameters() if p.requires_grad)

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.topology import Topology
 
 if TYPE_CHECKING:
     import torch
     from transformers import BitsAndBytesConfig
 
 
-def distributed_mode(training_args: Any = None) -> str:
-    """single, ddp, zero2, zero3 or fsdp, from what accelerate launch / the TrainingArguments say."""
-    env = os.environ
-    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    deepspeed = getattr(training_args, "deepspeed", None)
-    if deepspeed is not None and stage is None:
-        import json
-
-        ds = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
-        stage = str(ds.get("zero_optimization", {}).get("stage", 0))
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
-        return "zero3" if stage == "3" else "zero2" if stage == "2" else "ddp"
-    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or getattr(training_args, "fsdp", None):
-        return "fsdp"
-    return "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else "single"
-
-
-def get_kbit_device_map(mode: str) -> dict[str, int] | None:
+def get_kbit_device_map(topology: Topology) -> dict[str, int] | None:
     """Where a quantized model's weights go: this rank's GPU, or nowhere under ZeRO-3/FSDP (peft#306).
 
     TRL removed its own in 1.8 (PR #6158). Never "auto": it spreads layers over GPUs and cannot train distributed.
     """
     import torch
 
-    if mode in ("zero3", "fsdp") or not torch.cuda.is_available():
+    if topology.sharded or not torch.cuda.is_available():
         return None
     return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
@@ -50,9 +33,9 @@ def zero3_gathers_weights_on_save(training_args: Any) -> bool:
     return config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save") is True
 
 
-def check_sharded_combination(model_args: Any, training_args: Any, mode: str) -> None:
+def check_sharded_combination(model_args: Any, training_args: Any, topology: Topology) -> None:
     """Refuse, before any weight loads, what ZeRO-3/FSDP cannot do or would leave without usable weights."""
-    if mode == "zero3" and not model_args.use_peft and not zero3_gathers_weights_on_save(training_args):
+    if topology.mode == "zero3" and not model_args.use_peft and not zero3_gathers_weights_on_save(training_args):
         raise RecipeError(
             Problem(
                 "zero3_save_16bit_model",
@@ -65,7 +48,7 @@ def check_sharded_combination(model_args: Any, training_args: Any, mode: str) ->
 
 
 def build_quantization_config(
-    model_args: Any, compute: torch.dtype, mode: str = "single"
+    model_args: Any, compute: torch.dtype, topology: Topology | None = None
 ) -> BitsAndBytesConfig | None:
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise RecipeError(Problem("load_in_4bit", "both load_in_4bit and load_in_8bit are set", "choose one"))
@@ -79,7 +62,7 @@ def build_quantization_config(
     if model_args.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
     storage = model_args.bnb_4bit_quant_storage
-    if mode in ("fsdp", "zero3"):
+    if topology is not None and topology.sharded:
         # FSDP and ZeRO-3 shard only floating-point tensors of one dtype: the packed 4-bit weights must be stored
         # in the compute dtype, or they stay whole on every rank (bitsandbytes FSDP-QLoRA guide, PEFT ZeRO-3 QLoRA).
         storage = str(compute).removeprefix("torch.")

@@ -16,25 +16,27 @@ from sft_recipes.plan.fixes import max_micro_batch, suggestions, verdict_line
 from sft_recipes.plan.formula import Plan, estimate
 from sft_recipes.plan.gpus import KNOWN_GPUS, gpu_spec, local_gpu_memory_gib
 from sft_recipes.plan.inputs import PlanInput
+from sft_recipes.topology import Topology, recipe_precision
 
 DEFAULT_SEQ_LEN = 2048  # assumed per row when max_length is None (VLM recipes), since the data decides it
 
 
-def parallelism_from_accelerate_config(path: str) -> tuple[str, int]:
-    """(parallelism, number of processes) from an accelerate config YAML."""
-    from sft_recipes.launch import read_accelerate_config
+def launched_topology(flags: dict[str, str]) -> Topology:
+    """The topology the launch flags describe: the accelerate config's, else one machine with --num_processes."""
+    if "accelerate_config" in flags:
+        flags = dict(flags)
+        return Topology.from_accelerate_config(flags.pop("accelerate_config"), flags)
+    processes = int(flags.get("num_processes", 1))
+    return Topology(mode="ddp" if processes > 1 else "single", num_processes=processes)
 
-    config = read_accelerate_config(path)
-    return config["parallelism"], config["num_processes"]
 
-
-def plan_input_from_recipe(
-    recipe: Any, config: dict[str, Any], parallelism: str = "single", world_size: int = 1
-) -> PlanInput:
-    """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json."""
+def plan_input_from_recipe(recipe: Any, config: dict[str, Any], topology: Topology | None = None) -> PlanInput:
+    """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json, as launched on
+    `topology` (one process when None)."""
     from sft_recipes.model.kind import resolve_dtype_name
 
     model, training = recipe.model, recipe.training
+    topology = topology or Topology()
     if model.load_in_4bit:
         method = "qlora"
     elif model.load_in_8bit:
@@ -64,9 +66,9 @@ def plan_input_from_recipe(
         checkpoint_offload=bool(kwargs.get("offload", False)),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         optimizer=str(optim),
-        parallelism="fsdp2" if parallelism == "fsdp" else parallelism,  # model.distributed_mode() says "fsdp"
-        world_size=world_size,
-        mixed_precision="bf16" if training.bf16 else "fp16" if training.fp16 else "no",
+        parallelism=topology.parallelism,
+        world_size=topology.num_processes,
+        mixed_precision=recipe_precision(training),
         attn_implementation=model.attn_implementation or "sdpa",
         liger=bool(getattr(training, "use_liger_kernel", False)),
         nested_quant=bool(getattr(model, "use_bnb_nested_quant", True)),
@@ -147,20 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from sft_recipes.config import parse_recipe
-    from sft_recipes.launch import resolve_accelerate_config
 
     own, rest = parse_with_recipe(build_parser(), argv)
     gpu_memory = _gpu_memory_arg(own.gpu_memory) if own.gpu_memory else None
-    flags = launch_flags(own)
     recipe = parse_recipe(rest)
-    parallelism, world = "single", 1
-    if "accelerate_config" in flags:
-        path = resolve_accelerate_config(flags["accelerate_config"])
-        parallelism, world = parallelism_from_accelerate_config(str(path))
-    if "num_processes" in flags:
-        world = int(flags["num_processes"])
-        parallelism = "ddp" if parallelism == "single" and world > 1 else parallelism
-    plan = estimate(plan_input_from_recipe(recipe, _load_config(recipe), parallelism, world))
+    plan = estimate(plan_input_from_recipe(recipe, _load_config(recipe), launched_topology(launch_flags(own))))
     if recipe.training.max_length is None:
         plan.warnings.append(f"max_length is null: sized for {DEFAULT_SEQ_LEN} tokens per row")
     if gpu_memory is None:

@@ -1,0 +1,155 @@
+"""Checks of the model's config.json and of its skeleton on the meta device (no memory, no weights): files, kind,
+context, vision-language limits, parameter counts and LoRA targets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sft_recipes.validate.validation import Validation
+
+DEFAULT_MAX_LENGTH = 1024  # trl.SFTConfig's default, which truncates silently
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_model_files(v: Validation) -> None:
+    """config.json, model kind, remote code and pickle weights; sets v.config and v.kind."""
+    from sft_recipes.model.kind import detect_model_kind, load_config_or_snapshot, resolve_dtype
+
+    m, t = v.recipe.model, v.recipe.training
+    v.config, snapshot = load_config_or_snapshot(m, t.trust_remote_code, v.recipe.path)
+    if snapshot is not None:
+        v.add(
+            v.key("model_name_or_path"),
+            f"the hub is unreachable: checked against the architecture snapshot {snapshot}; tokenizer and data "
+            "checks still need the hub",
+            "run validate where the hub (or its cache) is reachable for the full check",
+            warning=True,
+        )
+    v.kind = detect_model_kind(v.config, m.model_kind)
+    _check_architecture(v)
+    _check_pickle_weights(v)
+    dtype = str(resolve_dtype(m.dtype, t, v.config)).removeprefix("torch.")
+    v.summary["model"] = f"{m.model_name_or_path} ({v.config.get('model_type')}, {v.kind})"
+    v.summary["dtype"] = dtype if m.dtype not in (None, "auto") else f"{dtype} (auto: from the checkpoint)"
+    quant = "4-bit NF4" if m.load_in_4bit and m.bnb_4bit_quant_type == "nf4" else "4-bit FP4" if m.load_in_4bit else ""
+    v.summary["quantization"] = quant or ("8-bit" if m.load_in_8bit else "none")
+
+
+def _check_architecture(v: Validation) -> None:
+    import transformers
+
+    architectures = v.config.get("architectures") or []
+    unknown = [a for a in architectures if not hasattr(transformers, a)]
+    if unknown and "auto_map" not in v.config:
+        v.add(
+            v.recipe.model.model_name_or_path,
+            f"architecture {unknown[0]} is unknown to transformers {transformers.__version__}; "
+            f"the model is built from model_type {v.config.get('model_type')!r} instead",
+            "check config.json's `architectures`, or upgrade transformers",
+            warning=True,
+        )
+
+
+def _check_pickle_weights(v: Validation) -> None:
+    """A local model with only pickle weights (.bin/.pt) is refused: unpickling can execute code."""
+    m = v.recipe.model
+    folder = Path(os.path.expanduser(m.model_name_or_path))
+    if not folder.is_dir() or m.allow_pickle_weights:
+        return
+    found = sorted(p.name for pattern in WEIGHT_FILES for p in folder.glob(pattern))
+    if found and not any(name.endswith(".safetensors") for name in found):
+        v.add(
+            v.key("allow_pickle_weights"),
+            f"{folder} has only pickle weights ({', '.join(found[:3])}): loading them can execute arbitrary code",
+            "convert them to safetensors, or set allow_pickle_weights: true if you trust their source",
+        )
+
+
+def check_context(v: Validation) -> None:
+    """#9 max_length unset, #10 max_length beyond the context, and the RoPE plan."""
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, text_config
+    from sft_recipes.model.loading import rope_scaling_plan
+
+    t, m = v.recipe.training, v.recipe.model
+    context = text_config(v.config).get("max_position_embeddings")
+    if "max_length" not in v.recipe.explicit and v.kind != IMAGE_TEXT_TO_TEXT:
+        v.add(
+            "max_length",
+            f"not set: TRL truncates every example to {DEFAULT_MAX_LENGTH} tokens",
+            f"set max_length explicitly (the model's context is {context})",
+            warning=True,
+        )
+    rope = rope_scaling_plan(v.config, t.max_length, m.rope_scaling_policy)
+    plan = f", RoPE: linear scaling x{rope['factor']:g}" if rope else ""
+    v.summary["max_length"] = f"{t.max_length} (model context {context}{plan})"
+    v.summary["packing"] = f"{t.packing_strategy}" if t.packing else "off"
+    if t.padding_free and not t.packing:
+        v.summary["packing"] = "off (padding-free batches)"
+
+
+def check_vlm(v: Validation) -> None:
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
+
+    if v.kind != IMAGE_TEXT_TO_TEXT:
+        return
+    import transformers
+    from packaging.version import Version
+
+    t = v.recipe.training
+    refused = ["packing", "padding_free"]
+    if Version(transformers.__version__) < Version("5.18.0.dev0"):
+        refused.append("assistant_only_loss")  # TRL masks VLM assistant turns only from transformers 5.18 on
+    for key in refused:
+        if getattr(t, key):
+            v.add(v.key(key), f"TRL does not support {key} for vision-language models", f"set {key}: false")
+    if t.max_length is not None:
+        v.add(
+            v.key("max_length"),
+            f"max_length {t.max_length} on a vision-language model cuts image tokens "
+            '("Image features and image tokens do not match")',
+            "set max_length: null for VLMs",
+        )
+
+
+def check_meta_model(v: Validation) -> None:
+    """Parameter counts, and LoRA targets against the model's real linear layers (Σ r·(in+out) over the targets)."""
+    from sft_recipes.inspection.meta_trainer import build_meta_model
+    from sft_recipes.model.lora import build_lora_config, lora_copy
+
+    m = v.recipe.model
+    try:
+        model = build_meta_model(m, v.recipe.training, v.kind or "causal_lm", v.config or None)
+    except Exception as err:  # noqa: BLE001 - any modelling-code failure: the checks below are skipped, said so
+        v.add(
+            m.model_name_or_path,
+            f"could not build the model from config.json alone ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "LoRA targets and sizes are unchecked",
+            "check config.json",
+            warning=True,
+        )
+        return
+    v.model, v.params = model, sum(p.numel() for p in model.parameters())
+    if not m.use_peft:
+        v.trainable = v.params
+        v.summary["trainable"] = f"all {v.params:,} parameters (full fine-tune)"
+        return
+    lora = build_lora_config(m, model, v.kind or "causal_lm")
+    assert lora is not None
+    try:
+        adapted = lora_copy(model, lora)
+    except ValueError as err:  # PEFT: "Target modules ... not found in the base model"
+        v.add(
+            v.key("lora_target_modules"),
+            f"{lora.target_modules!r} matches no linear layer of this model (PEFT: {str(err).splitlines()[0]})",
+            "use leaf names such as q_proj, or `all-linear`",
+        )
+        return
+    layers = sum(1 for module in adapted.modules() if hasattr(module, "lora_A"))
+    v.trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    named = lora.target_modules or []
+    targets = named if isinstance(named, str) else ", ".join(sorted(named))
+    v.summary["LoRA"] = f"r={m.lora_r}, alpha={m.lora_alpha} on {layers} layers ({targets})"
+    v.summary["trainable"] = f"{v.trainable:,} of {v.params:,} parameters ({100 * v.trainable / v.params:.2f}%)"

@@ -1,0 +1,97 @@
+"""Checks of output_dir: a finished run, a live run writing there, and the disk space checkpoints will take."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sft_recipes.validate.validation import Validation
+
+GIB = 1024**3
+
+
+def check_output_dir(v: Validation) -> None:
+    """#19 a finished run in output_dir, a live run writing there, and #20 the disk space checkpoints will take."""
+    from sft_recipes.run_dir import lock_holder, resume_checkpoint
+
+    t, s = v.recipe.training, v.recipe.script
+    out = t.output_dir
+    resume = resume_checkpoint(out, t.resume_from_checkpoint, s.overwrite_output_dir)
+    if resume:
+        v.summary["resume"] = f"from {resume}"
+    pid = lock_holder(out) if int(os.environ.get("RANK", "0")) == 0 else None
+    if pid is not None:
+        v.add(
+            v.key("output_dir"),
+            f"another run (pid {pid}) is writing to {out}",
+            "wait for it, or pick another output_dir",
+        )
+    if v.params is not None:
+        _check_disk(v)
+
+
+def _check_disk(v: Validation) -> None:
+    t, m, s = v.recipe.training, v.recipe.model, v.recipe.script
+    trainable = v.trainable or 0
+    assert v.params is not None
+    weights = trainable * 4 if m.use_peft else v.params * _bytes_per_param(v)  # adapters are kept in fp32 by PEFT
+    per_save = weights + (0 if t.save_only_model else 8 * trainable)  # Adam: two fp32 moments per trainable param
+    saves = _checkpoints_kept(v)
+    final = weights + (2 * v.params if s.merge_adapter and m.use_peft else 0)
+    need = saves * per_save + final
+    root = Path(os.path.abspath(t.output_dir))
+    while not root.exists():
+        root = root.parent
+    free = free_space(root)
+    v.summary["disk"] = (
+        f"~{_size(need)} ({saves} checkpoint(s) x {_size(per_save)} + final {_size(final)}), {_size(free)} free "
+        f"at {root}"
+    )
+    if need > free:
+        v.add(
+            v.key("output_dir"),
+            f"the checkpoints need ~{_size(need)} ({saves} x {_size(per_save)} + final {_size(final)}) but {root} "
+            f"has {_size(free)} free",
+            "free disk space, set save_total_limit (e.g. 2) or save_only_model: true, or pick another output_dir",
+        )
+
+
+def free_space(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _bytes_per_param(v: Validation) -> int:
+    from sft_recipes.model.kind import resolve_dtype
+
+    return resolve_dtype(v.recipe.model.dtype, v.recipe.training, v.config).itemsize
+
+
+def _checkpoints_kept(v: Validation) -> int:
+    """How many checkpoints will sit in output_dir at the end: every save, capped by save_total_limit."""
+    t = v.recipe.training
+    strategy = str(getattr(t.save_strategy, "value", t.save_strategy))
+    if strategy == "no":
+        return 0
+    steps = t.max_steps
+    if steps <= 0 and v.examples:
+        per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * max(v.topology.num_processes, 1)
+        steps = math.ceil(v.examples / per_step * t.num_train_epochs)
+    if strategy == "epoch":
+        saves = math.ceil(t.num_train_epochs)
+    elif strategy == "steps" and steps > 0:
+        interval = math.ceil(t.save_steps * steps) if t.save_steps < 1 else int(t.save_steps)
+        saves = steps // max(interval, 1)
+    else:
+        saves = 1
+    return min(saves, t.save_total_limit) if t.save_total_limit else saves
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale / 10:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"

@@ -1,0 +1,52 @@
+"""What a validation found: problems (errors and warnings), the model's config.json and a summary of the run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sft_recipes.errors import Problem
+from sft_recipes.topology import Topology
+
+
+@dataclass
+class Validation:
+    """What the checks found, and what later checks read from earlier ones (config.json, kind, tokenizer, model)."""
+
+    recipe: Any
+    problems: list[Problem] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, str] = field(default_factory=dict)
+    kind: str | None = None
+    topology: Topology = field(default_factory=Topology)  # how the run is launched (from_env, or --accelerate_config)
+    params: int | None = None  # every parameter of the model (meta-device count)
+    trainable: int | None = None
+    examples: int | None = None
+    tokenizer: Any = None
+    model: Any = None  # the model's skeleton on the meta device
+    statistics: dict[str, Any] | None = None  # inspection's statistics of the first data rows
+    lines: dict[str, int] | None = None  # recipe key -> line in the YAML file
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def add(self, where: str, message: str, fix: str = "", warning: bool = False) -> None:
+        self.problems.append(Problem(where, message, fix, "warning" if warning else "error"))
+
+    def key(self, name: str) -> str:
+        """`recipe.yaml:LINE (name)` when the key is in the recipe file, else the key itself."""
+        from sft_recipes.config import _yaml_lines
+
+        path = self.recipe.path
+        if self.lines is None:
+            self.lines = _yaml_lines(path) if path and os.path.isfile(path) else {}
+        return f"{path}:{self.lines[name]} ({name})" if name in self.lines else name
+
+    def extend(self, problems: list[Problem]) -> None:
+        """Problems from the model, data and inspection layers, which name bare keys: point at the recipe's line
+        when the key is in it."""
+        self.problems += [
+            replace(p, where=self.key(p.where)) if p.where in self.recipe.explicit else p for p in problems
+        ]
