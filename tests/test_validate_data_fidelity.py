@@ -21,10 +21,10 @@ GLAIVE = {  # LLaMA-Factory's glaive_toolcall layout
 }
 
 
-def errors(recipe) -> list[tuple[str, str]]:
-    from sft_recipes.validate import validate
+def errors(recipe, fix: bool = False) -> list[tuple[str, ...]]:
+    from sft_recipes.validate.rules import validate
 
-    return [(p.where, p.message) for p in validate(recipe).errors]
+    return [(p.where, p.message, p.fix)[: 3 if fix else 2] for p in validate(recipe).errors]
 
 
 @pytest.mark.parametrize(("name", "refused"), [("smollm2", True), ("qwen2.5", False), ("llama-3.1", False)])
@@ -44,9 +44,9 @@ def test_validate_gives_preference_data_one_error_for_the_file(tmp_path, llama_d
     pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "good"}],
             "rejected": [{"role": "assistant", "content": "bad"}]}  # fmt: skip
     recipe = recipe_for(tmp_path, llama_dir, [pair] * 10, max_length=64)
-    found = [(w, m) for w, m in errors(recipe) if "preference" in m]
-    assert [w for w, _ in found] == [str(tmp_path / "rows.jsonl")]
-    assert "preference_column: chosen" not in found[0][1]  # the choice is in the fix
+    [(where, message, fix)] = errors(recipe, fix=True)  # not "no assistant turn" once per row
+    assert where == str(tmp_path / "rows.jsonl") and "preference data" in message
+    assert "preference_column: chosen" in fix and "DPOTrainer" in fix
     recipe = recipe_for(tmp_path / "chosen", llama_dir, [pair] * 10, max_length=64, preference_column="chosen")
     assert errors(recipe) == []
 

@@ -14,6 +14,7 @@ from sft_recipes.errors import Problem
 TOOL_ROWS_CHECKED = 1000  # the first rows looked at for tool use
 TOOL_ROWS_RENDERED = 16  # rows with tool use rendered: a template's support does not change from row to row
 
+_TEXT_COLUMNS = ("messages", "prompt", "completion", "tools", "chat_template_kwargs")
 _EMPTY_TURN = "that turn would train as an empty assistant turn"
 _FIX = (
     "use the model's own tool-calling chat template (chat_template_path), e.g. Qwen2.5's or Llama-3.1's; or drop "
@@ -26,6 +27,9 @@ def unrendered_tool_use(
 ) -> list[Problem]:
     """Problems ("<source>[row <i>]") for the tools, tool calls and tool results of converted rows that the chat
     template renders to the same text as without them, or fails on. One problem per kind is enough to say it."""
+    columns = [c for c in _TEXT_COLUMNS if c in (dataset.column_names or _TEXT_COLUMNS)]
+    if dataset.column_names is not None:  # images are not decoded: rendering needs the text only
+        dataset = dataset.select_columns(columns)
     problems: dict[str, Problem] = {}
     rendered = 0
     for index, row in zip(range(limit), dataset, strict=False):
