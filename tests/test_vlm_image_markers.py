@@ -26,7 +26,7 @@ def rows(tmp_path, marked: bool) -> list[dict]:
 
 
 def first_batch(tmp_path, model_dir, marked: bool):
-    from sft_recipes.inspection import build_trainer
+    from sft_recipes.inspection.meta_trainer import build_trainer
 
     recipe = recipe_for(tmp_path, model_dir, rows(tmp_path, marked), max_length=None, per_device_train_batch_size=ROWS)
     trainer, _, _ = build_trainer(recipe, str(tmp_path / "inspect"))
@@ -37,7 +37,7 @@ def first_batch(tmp_path, model_dir, marked: bool):
 def test_image_marker_rows_collate_exactly_as_typed_image_content(tmp_path, vlm_dirs, family):
     import torch
 
-    from sft_recipes.inspection import image_token_id
+    from sft_recipes.inspection.meta_trainer import image_token_id
 
     marked, trainer = first_batch(tmp_path / "marked", vlm_dirs[family], marked=True)
     typed, _ = first_batch(tmp_path / "typed", vlm_dirs[family], marked=False)

@@ -93,7 +93,7 @@ def check_vision_batch(v: Validation, rows: Any) -> None:
     """#10: the first batch through TRL's vision collator on the meta trainer (the processor call of train's first
     step), so that image rows the processor cannot take fail here, not after the weights are loaded."""
     from sft_recipes.data.first_batch import first_batch_problems
-    from sft_recipes.inspection.meta_trainer import inspection_args, meta_trainer, outside_launch
+    from sft_recipes.inspection.meta_trainer import inspection_args, is_vision, meta_trainer, outside_launch
 
     r = v.recipe
     source = r.script.dataset_name or "datasets"
@@ -108,4 +108,5 @@ def check_vision_batch(v: Validation, rows: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="sft-recipes-validate-") as output_dir, outside_launch():
         args = inspection_args(r.training, output_dir, dataset_num_proc=None)
         trainer, _ = meta_trainer(v.model, v.tokenizer, rows, args, source)
-        v.extend(first_batch_problems(rows, trainer.data_collator, source, r.training.per_device_train_batch_size))
+        prepared = rows if is_vision(trainer) else trainer.train_dataset  # text-only rows are tokenized up front
+        v.extend(first_batch_problems(prepared, trainer.data_collator, source, r.training.per_device_train_batch_size))
