@@ -21,14 +21,14 @@ def typed_placeholders(messages: Any) -> Any:
     return [{**m, "content": _blocks(m["content"])} if _has_text(m) else m for m in messages]
 
 
-def placeholder_count(messages: Any, role: str | None = None) -> int:
+def placeholder_count(messages: Any, in_tool_messages: bool = False) -> int:
     """The images a conversation asks for: unfilled {"type": "image"} blocks and `<image>` markers in strings, in
-    the messages of `role`, or of every role but "tool" (TRL fills no tool message)."""
+    the messages TRL fills with images (every role but "tool"), or in the tool messages only."""
     if not isinstance(messages, list):
         return 0
     count = 0
     for message in messages:
-        if not isinstance(message, dict) or (message.get("role") != role if role else message.get("role") == "tool"):
+        if not isinstance(message, dict) or (message.get("role") == "tool") != in_tool_messages:
             continue
         content = message.get("content")
         if isinstance(content, str):
@@ -64,7 +64,7 @@ def image_issues(row: dict, messages: Any, base_dir: str | None) -> list[str]:
         return [f"images is {type(images).__name__}, expected a list"]
     issues = [f"images[{i}] {msg}" for i, img in enumerate(images) if (msg := _image_issue(img, base_dir))]
     placeholders = placeholder_count(messages)
-    if placeholder_count(messages, role="tool"):
+    if placeholder_count(messages, in_tool_messages=True):
         issues.append("a tool message holds an image placeholder, and TRL fills only user, assistant and system turns")
     elif placeholders and placeholders != len(images):  # with none, TRL puts every image before the first user turn
         issues.append(
