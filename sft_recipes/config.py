@@ -90,8 +90,19 @@ class ScriptArguments(trl.ScriptArguments):
     dataset_format: str = field(
         default="auto",
         metadata={
-            "help": "Format of the rows: auto-detected from the columns, or forced.",
-            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca"],
+            "help": "Format of the rows: auto-detected from the columns, or forced. Rows with a boolean `label` "
+            "column (KTO-style) are trained only where it is true: label: false rows are bad answers, so they are "
+            "excluded and their count is logged.",
+            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference"],
+        },
+    )
+    preference_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference data ('chosen' and 'rejected' columns) is not SFT data and is refused. Set `chosen` "
+            "to train on the chosen answers as prompt-completion (the rejected ones are dropped); to learn from "
+            "both, use a preference trainer (trl's DPOTrainer).",
+            "choices": ["chosen"],
         },
     )
     merge_adapter: bool = field(
