@@ -202,7 +202,8 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
 
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
-    EOS id and no pad among them, the resolved recipe and a run summary."""
+    EOS id and no pad among them, an adapter's base config where training changed it, the resolved recipe and a
+    run summary."""
     from transformers import GenerationConfig
 
     from sft_recipes.run_dir import run_summary, write_run_record
@@ -222,6 +223,10 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     save_generation_config(out, generation, tokenizer)
     if recipe.raw.get("attn_implementation") in (None, "auto"):
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    if recipe.model.use_peft:
+        from sft_recipes.model.loading import record_base_config
+
+        record_base_config(out, recipe.model, recipe.training)  # the adapter's base as trained (RoPE scaling)
     write_run_record(output_dir, recipe.raw, run_summary(trainer, result, seconds))
     from sft_recipes.card import write_model_card
 

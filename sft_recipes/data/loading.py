@@ -33,6 +33,7 @@ def load_training_data(
     `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
     """
     fmt = getattr(script_args, "dataset_format", "auto") or "auto"
+    preference_column = getattr(script_args, "preference_column", None)
     text_field = training_args.dataset_text_field
     num_proc = training_args.dataset_num_proc
     want_eval = wants_eval(training_args)
@@ -46,7 +47,7 @@ def load_training_data(
                 "(%s) is ignored, as in TRL.",
                 script_args.dataset_name,
             )
-        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, counts)
+        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, preference_column, counts)
     elif script_args.dataset_name:
         from trl.scripts.utils import DatasetConfig
 
@@ -59,12 +60,13 @@ def load_training_data(
                 f"{source} has no split {script_args.dataset_train_split!r}; splits found: {', '.join(splits)}",
                 fix="set dataset_train_split to one of those",
             )
-        train = _prepare(splits[script_args.dataset_train_split], fmt, source, text_field, num_proc, problems)
+        train_split = splits[script_args.dataset_train_split]
+        train = _prepare(train_split, fmt, source, text_field, num_proc, problems, preference_column=preference_column)
         test_split = script_args.dataset_test_split
         if want_eval and test_split in splits and test_split != script_args.dataset_train_split:
             label = f"{source}:{test_split}"
             eval_ds = _prepare(
-                splits[test_split], fmt, label, text_field, num_proc, problems, base_dir=source_dir(source)
+                splits[test_split], fmt, label, text_field, num_proc, problems, source_dir(source), preference_column
             )
     else:
         raise error(
@@ -171,7 +173,13 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
 
 
 def _load_mixture(
-    mixture, fmt: str, text_field: str, num_proc: int | None, problems: list[Problem], counts: list | None = None
+    mixture,
+    fmt: str,
+    text_field: str,
+    num_proc: int | None,
+    problems: list[Problem],
+    preference_column: str | None,
+    counts: list | None = None,
 ) -> Any:
     """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
     import datasets
@@ -203,7 +211,7 @@ def _load_mixture(
         raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
 
     parts = [
-        _prepare(ds, fmt, cfg.path, text_field, num_proc, problems)
+        _prepare(ds, fmt, cfg.path, text_field, num_proc, problems, preference_column=preference_column)
         for ds, cfg in zip(raw, mixture.datasets, strict=True)
     ]
     _raise_errors(problems)
@@ -217,17 +225,27 @@ def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
     return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
 
 
-def _prepare(ds, fmt, source, text_field, num_proc, problems: list[Problem], base_dir: str | None = None) -> Any:
+def _prepare(
+    ds,
+    fmt,
+    source,
+    text_field,
+    num_proc,
+    problems: list[Problem],
+    base_dir: str | None = None,
+    preference_column: str | None = None,
+) -> Any:
     """Check and convert one split; problems are collected so that every source is reported at once."""
     from datasets import Dataset
 
+    kwargs = {"text_field": text_field, "base_dir": base_dir, "preference_column": preference_column}
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, text_field=text_field, base_dir=base_dir)
+            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, **kwargs)
             if any(p.severity == "error" for p in head):
                 problems += head
                 return ds
-        return to_trl_format(ds, fmt, source, text_field=text_field, num_proc=num_proc, base_dir=base_dir)
+        return to_trl_format(ds, fmt, source, num_proc=num_proc, **kwargs)
     except RecipeError as e:
         problems += e.problems
         return ds
