@@ -62,7 +62,6 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
-    from sft_recipes.data.loading import load_training_data
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.lora import build_lora_config
@@ -84,10 +83,8 @@ def run(recipe: Any) -> Any:
         logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), topology.mode)
         processing_class = load_processing_class(model_args, training_args, kind)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        train_dataset, eval_dataset = training_datasets(recipe)  # before the weights: a stale prepared set stops here
         model = load_model(model_args, training_args, kind, config, tokenizer, topology)
-        with training_args.main_process_first(desc="load and convert the dataset"):
-            # rank 0 builds the datasets cache, the other ranks then read it instead of converting in parallel
-            train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
         trainer = SFTTrainer(
             model=model,
             args=training_args,
@@ -114,6 +111,20 @@ def run(recipe: Any) -> Any:
         if hasattr(trainer, "end"):
             trainer.end()
     return trainer
+
+
+def training_datasets(recipe: Any) -> tuple[Any, Any]:
+    """(train, eval) for SFTTrainer. With `prepared` (sft-recipes preprocess), that set, checked against the recipe:
+    every rank memory-maps it and none reads raw data or tokenizes. Else the raw data, which rank 0 loads and
+    converts first so that the other ranks read its datasets cache instead of converting in parallel."""
+    if recipe.script.prepared:
+        from sft_recipes.preprocess import prepared_datasets
+
+        return prepared_datasets(recipe)
+    from sft_recipes.data.loading import load_training_data
+
+    with recipe.training.main_process_first(desc="load and convert the dataset"):
+        return load_training_data(recipe.script, recipe.mixture, recipe.training)
 
 
 # Share of the GPU a plan without activation checkpointing may fill. The planner aims at +-10%, but it has been
@@ -206,7 +217,8 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
 
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
-    EOS id and no pad among them, the resolved recipe and a run summary."""
+    EOS id and no pad among them, an adapter's base config where training changed it, the resolved recipe and a
+    run summary."""
     from transformers import GenerationConfig
 
     from sft_recipes.run_dir import run_summary, write_run_record
@@ -226,7 +238,14 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     save_generation_config(out, generation, tokenizer)
     if recipe.raw.get("attn_implementation") in (None, "auto"):
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    if recipe.model.use_peft:
+        from sft_recipes.model.loading import record_base_config
+
+        record_base_config(out, recipe.model, recipe.training)  # the adapter's base as trained (RoPE scaling)
     write_run_record(output_dir, recipe.raw, run_summary(trainer, result, seconds))
+    from sft_recipes.card import write_model_card
+
+    write_model_card(out, trainer, recipe)  # last: the card reads the run summary written above
 
 
 def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:

@@ -29,11 +29,12 @@ def write_recipe(path: Path, **keys: Any) -> Path:
     return path
 
 
-def train(tmp_path: Path, **keys: Any) -> Path:
-    """Train with the CPU defaults plus keys; returns output_dir."""
+def train(tmp_path: Path, overrides: tuple[str, ...] = (), **keys: Any) -> Path:
+    """Train with the CPU defaults plus keys, and the command-line `overrides` after them; returns output_dir."""
     from sft_recipes.cli import main
 
     keys.setdefault("output_dir", str(tmp_path / "out"))
     recipe = write_recipe(tmp_path / "recipe.yaml", **keys)
-    assert main(["train", "--config", str(recipe)]) == 0
-    return Path(keys["output_dir"])
+    assert main(["train", "--config", str(recipe), *overrides]) == 0
+    given = [value for flag, value in zip(overrides, overrides[1:], strict=False) if flag == "--output_dir"]
+    return Path(given[-1] if given else keys["output_dir"])

@@ -118,26 +118,11 @@ def image_path(tmp_path):
     return path
 
 
-def vlm_lora_run(tmp_path, image_path):
-    """A llava LoRA run of three steps on rows that each show the image."""
-    from runs import train
-
-    from sft_recipes.tiny import build_vlm
-
-    user = [{"type": "image"}, {"type": "text", "text": "What colour is this?"}]
-    row = {"images": [str(image_path)], "messages": [{"role": "user", "content": user}]}
-    row["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "It is red."}]})
-    (tmp_path / "vision.jsonl").write_text((json.dumps(row) + "\n") * 8)
-    base = build_vlm("llava", tmp_path / "llava")
-    keys = {"max_length": None, "use_peft": True, "lora_r": 4, "max_steps": 3, "per_device_train_batch_size": 2}
-    return train(tmp_path, model_name_or_path=str(base), dataset_name=str(tmp_path / "vision.jsonl"), **keys)
-
-
-def test_vlm_adapter_run_chats_about_the_image_through_its_processor(tmp_path, capsys, image_path):
+def test_vlm_adapter_run_chats_about_the_image_through_its_processor(capsys, image_path, vlm_lora_run_dir):
     from sft_recipes.chat import Conversation, open_image
     from sft_recipes.trained import load_trained
 
-    out_dir = vlm_lora_run(tmp_path, image_path)
+    out_dir = vlm_lora_run_dir
     run = load_trained(out_dir)
     assert run.is_vlm and run.layout.weights == "adapter"
     assert type(run.processing_class).__name__ == "LlavaProcessor"

@@ -85,15 +85,14 @@ def test_messages_keep_tool_calls_and_tools_without_null_padding(data):
 def test_sharegpt_roles_become_chatml_with_system_column_first(data):
     train, _ = load(data / "sharegpt.jsonl")
     assert train.column_names == ["messages"]
+    call = {"type": "function", "function": {"name": "clock", "arguments": {"city": "Tokyo"}}}
     assert [row["messages"] for row in train] == [
         chat(("system", "Be brief."), ("user", "What is 7*6?"), ("assistant", "42.")),
-        chat(
-            ("system", "You can call tools."),
-            ("user", "Look up the time in Tokyo."),
-            ("assistant", '{"name": "clock", "arguments": {"city": "Tokyo"}}'),
-            ("tool", "09:00"),
-            ("assistant", "It is 09:00 in Tokyo."),
-        ),
+        [
+            *chat(("system", "You can call tools."), ("user", "Look up the time in Tokyo.")),
+            {"role": "assistant", "content": "", "tool_calls": [call]},  # was trained as the call's JSON in plain text
+            *chat(("tool", "09:00"), ("assistant", "It is 09:00 in Tokyo.")),
+        ],
     ]
 
 

@@ -8,9 +8,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_fine_tune_answers_the_training_prompts_correctly(tmp_path, capsys):
+def test_demo_fine_tune_answers_the_training_prompts_correctly(tmp_path, capsys, monkeypatch):
     from sft_recipes.demo import main
 
+    monkeypatch.chdir(tmp_path)  # an empty folder: the recipe comes from the package, not from the checkout
     # main() returns 0 only when at least 4 of the 5 prompts get exactly "The capital of X is Y." then EOS.
     assert main(["--workdir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

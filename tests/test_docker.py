@@ -2,15 +2,11 @@
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -58,6 +54,14 @@ def test_base_image_is_a_pinned_cuda_pytorch_inside_the_supported_torch_range():
     assert match, base
     torch_pin = next(Requirement(dep) for dep in PYPROJECT["project"]["dependencies"] if dep.startswith("torch"))
     assert torch_pin.specifier.contains(Version(match.group(1)))
+    # Below 2.8 TRL's fused LM head upcasts, transformers drops fused AdamW and its FSDP2 path raises.
+    assert Version(match.group(1)) >= Version("2.8")
+
+
+def test_readme_names_the_base_image_and_the_torch_it_carries():
+    (base,) = _args("FROM")
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{base}`: torch {base.split(':')[1].split('-')[0]}" in readme
 
 
 def test_hf_home_is_a_volume_so_downloads_outlive_the_container():

@@ -12,8 +12,8 @@ import torch
 from sft_recipes.errors import RecipeError
 from sft_recipes.model.attention import resolve_attn_implementation
 from sft_recipes.model.kind import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
-from sft_recipes.model.loading import rope_scaling_plan
 from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.rope import rope_scaling_plan
 from sft_recipes.model.tokenizer import apply_pad_policy
 from sft_recipes.topology import Topology
 
@@ -116,8 +116,8 @@ def test_missing_flash_attn_falls_back_to_sdpa_or_fails_when_strict(caplog):
 
 def test_rope_factor_is_ceil_of_max_length_over_context():
     assert rope_scaling_plan({"max_position_embeddings": 256}, 256) is None
-    assert rope_scaling_plan({"max_position_embeddings": 256}, 600) == {"rope_type": "linear", "factor": 3.0}
-    assert rope_scaling_plan({"text_config": {"max_position_embeddings": 100}}, 101)["factor"] == math.ceil(1.01)
+    assert rope_scaling_plan({"max_position_embeddings": 256}, 600).factors == {"": 3.0}
+    assert rope_scaling_plan({"text_config": {"max_position_embeddings": 100}}, 101).extra == math.ceil(1.01)
     with pytest.raises(RecipeError, match="exceeds"):
         rope_scaling_plan({"max_position_embeddings": 256}, 600, policy="off")
 

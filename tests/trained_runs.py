@@ -1,6 +1,6 @@
 """A pytest plugin (`pytest_plugins = ["trained_runs"]`) of runs trained once per session for the chat and loader
-tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run and a QLoRA run with checkpoints,
-all on the demo's tiny llama."""
+and eval tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run and a QLoRA run with
+checkpoints, all on the demo's tiny llama, and a LLaVA LoRA run on image rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from runs import train
 
-from sft_recipes.demo import DEFAULT_RECIPE
+from sft_recipes.resources import demo_recipe
 
 # 120 steps of the demo recipe (instead of its 300) at a slightly higher learning rate answer all 120 demo
 # questions correctly; 100 steps at 5.0e-3 got 105 of them, 60 at 1.0e-2 only 5.
@@ -41,6 +41,18 @@ def demo_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_heldout_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 rows of the demo task drawn with another seed: the questions train saw, in another order."""
+    import json
+
+    from sft_recipes.tiny import demo_rows
+
+    path = tmp_path_factory.mktemp("demo-heldout") / "heldout.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in demo_rows(40, seed=1)))
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, demo_data_file: Path) -> Path:
     """The demo recipe, shortened, with a full-weights checkpoint-60 on the way."""
     from sft_recipes.cli import main
@@ -57,7 +69,7 @@ def demo_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, 
             "save_steps": DEMO_CHECKPOINT,
             "logging_steps": 20,
         }
-        argv = ["train", "--config", str(DEFAULT_RECIPE)]
+        argv = ["train", "--config", str(demo_recipe())]
         for key, value in overrides.items():
             argv += [f"--{key}", str(value)]
         assert main(argv) == 0
@@ -113,3 +125,30 @@ def qlora_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path,
         )
 
     return build(tmp_path_factory.mktemp("qlora-run"))
+
+
+@pytest.fixture(scope="session")
+def vlm_rows_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 chat rows that each show the same red image (red.png beside the file) and say it is red."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("vlm-rows")
+    Image.new("RGB", (40, 30), "red").save(root / "red.png")
+    user = [{"type": "image"}, {"type": "text", "text": "What colour is this?"}]
+    row = {"images": [str(root / "red.png")], "messages": [{"role": "user", "content": user}]}
+    row["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "It is red."}]})
+    (root / "vision.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    return root / "vision.jsonl"
+
+
+@pytest.fixture(scope="session")
+def vlm_lora_run_dir(tmp_path_factory: pytest.TempPathFactory, vlm_rows_file: Path) -> Path:
+    """A llava LoRA run of three steps on vlm_rows_file."""
+    from sft_recipes.tiny import build_vlm
+
+    root = tmp_path_factory.mktemp("vlm-lora-run")
+    base = build_vlm("llava", root / "llava")
+    keys = {"max_length": None, "use_peft": True, "lora_r": 4, "max_steps": 3, "per_device_train_batch_size": 2}
+    return train(root, model_name_or_path=str(base), dataset_name=str(vlm_rows_file), **keys)

@@ -71,7 +71,7 @@ def _check_pickle_weights(v: Validation) -> None:
 def check_context(v: Validation) -> None:
     """#9 max_length unset, #10 max_length beyond the context, and the RoPE plan."""
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, text_config
-    from sft_recipes.model.loading import rope_scaling_plan
+    from sft_recipes.model.rope import rope_scaling_plan
 
     t, m = v.recipe.training, v.recipe.model
     context = text_config(v.config).get("max_position_embeddings")
@@ -83,7 +83,7 @@ def check_context(v: Validation) -> None:
             warning=True,
         )
     rope = rope_scaling_plan(v.config, t.max_length, m.rope_scaling_policy)
-    plan = f", RoPE: linear scaling x{rope['factor']:g}" if rope else ""
+    plan = f", RoPE: {rope.describe()}" if rope else ""
     v.summary["max_length"] = f"{t.max_length} (model context {context}{plan})"
     v.summary["packing"] = f"{t.packing_strategy}" if t.packing else "off"
     if t.padding_free and not t.packing:
