@@ -35,7 +35,7 @@ test: $(INSTALLED) ## the offline test suite (CPU)
 test-gpu: $(INSTALLED) ## tests marked gpu (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu tests
 
-gpu-check: ## one CUDA GPU, < 8 min: gpu tests, throughput, planner calibration -> benchmarks/results/ (CPU: says so)
+gpu-check: $(INSTALLED) ## one CUDA GPU, < 8 min: gpu tests, throughput, planner calibration -> benchmarks/results/ (CPU: says so)
 	$(BIN)/python scripts/gpu_check.py
 
 bench: $(INSTALLED) ## CPU benchmarks; JSON to stdout and benchmarks/results/

@@ -22,15 +22,18 @@ class Mutant:
     pending: str | None = None
 
 
-MERGE_WORK = "the merge work (issue 10 item 6: merge fidelity), whose tests are not on main yet"
-
 LOADER = "sft_recipes/model/loading.py"
+ROPE = "sft_recipes/model/rope.py"
+ADAPTER = "sft_recipes/model/adapter.py"
 KIND = "sft_recipes/model/kind.py"
 TOKENIZER = "sft_recipes/model/tokenizer.py"
 LORA = "sft_recipes/model/lora.py"
 QUANT = "sft_recipes/model/quantization.py"
 MERGE = "sft_recipes/merge.py"
 ROWS = "sft_recipes/data/rows.py"
+IMAGES = "sft_recipes/data/images.py"
+TOOL_CALLS = "sft_recipes/data/tool_calls.py"
+PREFERENCE = "sft_recipes/data/preference.py"
 FORMATS = "sft_recipes/data/formats.py"
 FIDELITY = "sft_recipes/template_fidelity.py"
 RUN_DIR = "sft_recipes/run_dir.py"
@@ -57,16 +60,21 @@ MUTANTS: tuple[Mutant, ...] = (
         '    if len(tokenizer) > embeddings + 1:\n',
         ('test_train.py',), 'multiple_of_8',
         'one added token left outside the embedding matrix'),
-    Mutant('loader-rope-floor-factor', LOADER,
-        'factor = math.ceil(max_length / context)',
-        'factor = max_length // context',
+    Mutant('loader-rope-floor-factor', ROPE,
+        'extra = float(math.ceil(max_length / context))',
+        'extra = float(max_length // context)',
         ('test_model.py',), 'rope',
         'RoPE factor rounded down: the longest rows exceed the scaled context'),
-    Mutant('loader-rope-at-context', LOADER,
-        'max_length <= context:',
-        'max_length < context:',
+    Mutant('loader-rope-at-context', ROPE,
+        '    if max_length <= context:\n        return None',
+        '    if max_length < context:\n        return None',
         ('test_model.py',), 'rope',
         'RoPE scaled when max_length equals the context'),
+    Mutant('rope-existing-linear-replaced', ROPE,
+        'factors[entry] = existing_factor * extra',
+        'factors[entry] = extra',
+        ('test_rope.py',), 'multiplies_the_factors',
+        'an existing linear scaling replaced instead of composed'),
     Mutant('kind-architecture-ignored', KIND,
         'architectures[0].endswith("ForCausalLM")',
         'architectures[0].endswith("ForCausalLMHead")',
@@ -106,29 +114,33 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('merge-tolerance-1e2', MERGE,
         'FP32_TOLERANCE = 1e-4',
         'FP32_TOLERANCE = 1e2',
-        ('test_train.py',), 'merged',
-        'a merge tolerance of 1e2: a merge that changed the function passes its check', MERGE_WORK),
-    Mutant('merge-no-vocab-resize', MERGE,
-        'if vocab and vocab != embeddings:',
-        'if vocab and vocab < embeddings:',
-        ('test_train.py',), 'merged',
-        'merge skips the vocabulary resize of an adapter trained with added tokens', MERGE_WORK),
+        ('test_merge.py',), 'refuses_a_drift',
+        'a merge tolerance of 1e2: a merge that changed the function passes its check'),
+    Mutant('merge-no-vocab-resize', ADAPTER,
+        'if vocab and vocab != embedding_rows(model):',
+        'if vocab and vocab < embedding_rows(model):',
+        ('test_merge.py',), 'vocabulary',
+        'merge skips the vocabulary resize of an adapter trained with added tokens'),
     Mutant('merge-no-op-adapter-accepted', MERGE,
         'if effect == 0.0:',
         'if effect < 0.0:',
-        ('test_train.py',), 'merged',
-        'an adapter that changes nothing (all-zero B) is merged without a word', MERGE_WORK),
+        ('test_merge.py',), 'changes_nothing',
+        'an adapter that changes nothing (all-zero B) is merged without a word'),
     Mutant('merge-use-cache-off', MERGE,
-        'merged.config.use_cache = True',
-        'merged.config.use_cache = False',
+        '        config.use_cache = True\n',
+        '        config.use_cache = False\n',
         ('test_train.py',), 'merged',
         'the merged model is saved with use_cache off'),
     Mutant('merge-bf16-limit-loose', MERGE,
-        'max(FP32_TOLERANCE, 0.05 * effect)',
-        'max(FP32_TOLERANCE, 0.5 * effect)',
-        ('test_train.py',), 'merged',
-        "a 16-bit merge may drift by half the adapter's effect", MERGE_WORK),
-    # data conversion
+        'HALF_DRIFT_SHARE = 0.05',
+        'HALF_DRIFT_SHARE = 0.5',
+        ('test_merge.py',), 'refuses_a_drift',
+        "a 16-bit merge may drift by half the adapter's effect"),
+    Mutant('merge-not-dequantized', MERGE,
+        'base = base.dequantize(dtype=torch.float32)',
+        'base = base',
+        ('test_merge.py',), 'quantized and 4bit',
+        'a QLoRA adapter merged without dequantizing the base that training computed with'),
     Mutant('rows-gpt-is-user', ROWS,
         '"gpt": "assistant",',
         '"gpt": "user",',
@@ -144,11 +156,26 @@ MUTANTS: tuple[Mutant, ...] = (
         'user = instruction',
         ('test_data.py',), 'alpaca',
         "Alpaca's input column is dropped from the prompt"),
-    Mutant('rows-image-path-not-resolved', ROWS,
-        'candidate = os.path.join(base_dir, path)',
-        'candidate = path',
+    Mutant('rows-image-path-not-resolved', IMAGES,
+        '(c for c in (os.path.join(base_dir, path) if base_dir else None, path) if c and os.path.exists(c)), None',
+        '(c for c in (path,) if c and os.path.exists(c)), None',
         ('test_data.py',), 'vision_rows',
         'relative image paths resolved against the working directory instead of the data file'),
+    Mutant('rows-function-call-as-text', ROWS,
+        'calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None',
+        'calls = None',
+        ('test_data_tool_calls.py',), 'glaive',
+        'ShareGPT function_call turns trained as plain assistant text'),
+    Mutant('rows-tools-string-not-parsed', TOOL_CALLS,
+        '            tools = json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
+        '            json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
+        ('test_data_tool_calls.py',), 'glaive',
+        'a JSON-string tools column passed on as a string'),
+    Mutant('rows-label-false-trained', PREFERENCE,
+        'return [label is not False for label in labels]',
+        'return [True for label in labels]',
+        ('test_data_preference.py',), 'label',
+        'KTO-style label: false rows (bad answers) trained as good ones'),
     Mutant('rows-system-anywhere', ROWS,
         'elif role == "system" and (i > 0 or not system_allowed):',
         'elif role == "system" and (i > 1 or not system_allowed):',

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusing to mutate files with uncommitted changes: {dirty(paths)}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds like Ctrl-C: files get restored
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     live = [m for m in chosen if m.id not in stale]
     base = {} if args.no_baseline else baselines(live, args.timeout)
     earlier = json.loads(args.out.read_text()) if args.update and args.out.is_file() else None
