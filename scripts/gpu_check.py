@@ -47,8 +47,8 @@ def stages(dry: bool) -> list[Stage]:
             Stage("planner calibration (dry run)", [*plan, "--dry-run"], 600),
         ]
     return [
-        Stage("gpu tests", tests, 75),
-        Stage("throughput", [*throughput, "--steps", str(THROUGHPUT_STEPS)], 265, "gpu_throughput.json"),
+        Stage("gpu tests", tests, 90),
+        Stage("throughput", [*throughput, "--steps", str(THROUGHPUT_STEPS)], 250, "gpu_throughput.json"),
         Stage("planner calibration", plan, 110, "plan_accuracy_cuda.json"),
     ]
 
