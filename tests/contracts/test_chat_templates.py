@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = resources.files("sft_recipes").joinpath("chat_templates/chatml.jinja")
 MARKER = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
 CHATS = {
@@ -119,7 +119,7 @@ def test_shipped_chatml_needs_no_patching_by_trl_and_trains_the_end_of_turn():
 
 
 def test_a_base_model_without_a_template_trains_on_replies_with_the_shipped_chatml(tmp_path):
-    from prepared import prepared_trainer, trained_spans
+    from helpers.prepared import prepared_trainer, trained_spans
 
     from sft_recipes.tiny import build_causal_lm, build_tokenizer
 

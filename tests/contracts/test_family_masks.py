@@ -13,7 +13,7 @@ from helpers.chat_families import (
     recipe_chat_keys,
     stop_ids,
 )
-from prepared import prepared_trainer, trained_spans
+from helpers.prepared import prepared_trainer, trained_spans
 
 # What each family's training template trains around one reply's content: (before, after). The newlines are the
 # templates' own: TRL's marked Qwen2.5 copy opens the mask right after '<|im_start|>assistant', and the Gemma,

@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from prepared import recipe_for
+from helpers.prepared import recipe_for
 
 ANSWERS = ["Yes.", "No, not at all.", "Maybe later today.", "Four.", "It is blue.", "Ok."]
 CHATS = [

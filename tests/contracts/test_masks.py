@@ -7,7 +7,7 @@ template's end of turn are both <|im_end|>, its pad <|endoftext|>.
 from __future__ import annotations
 
 import pytest
-from prepared import prepared_trainer, trained_spans
+from helpers.prepared import prepared_trainer, trained_spans
 
 TOOLS = [
     {

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prepared import prepared_trainer, recipe_for
+from helpers.packing_proofs import PACKING_CASES
+from helpers.prepared import prepared_trainer, recipe_for
 
 ROWS = [
     {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -23,7 +24,6 @@ ROWS = [
     ]
 ]
 TOLERANCE = 1e-5
-CASES = [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("gemma3_text", "eager")]
 
 
 def packed_and_padded(tmp_path, model_dir, attn):
@@ -81,7 +81,7 @@ def largest_difference(a, b):
     return per_token, abs(a[1] - b[1]).item(), grads
 
 
-@pytest.mark.parametrize(("family", "attn"), CASES, ids=[f"{f}-{a}" for f, a in CASES])
+@pytest.mark.parametrize(("family", "attn"), PACKING_CASES, ids=[f"{f}-{a}" for f, a in PACKING_CASES])
 def test_packed_batch_gives_the_same_per_token_loss_and_gradients_as_padding(family, attn, tmp_path, causal_lm_dirs):
     model, packed, padded, _ = packed_and_padded(tmp_path, causal_lm_dirs[family], attn)
     result = forward(model, packed, document_bounds(packed))

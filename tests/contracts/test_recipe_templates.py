@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "recipes" / "templates"
 # The models' own templates, byte for byte (tests/fixtures/chat_templates/PROVENANCE.md says where each is from).
 SHIPPED = ROOT / "tests" / "fixtures" / "chat_templates"

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from runs import train, write_recipe
+from helpers.runs import train, write_recipe
 
 from sft_recipes.errors import RecipeError
 from sft_recipes.model.rope import BASE_CONFIG, rope_scaling_plan

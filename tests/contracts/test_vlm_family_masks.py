@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.chat_families import VLM_FAMILIES, build_family_vlm, chat_family, recipe_chat_keys, stop_ids
-from prepared import prepared_trainer, trained_spans
+from helpers.prepared import prepared_trainer, trained_spans
 
 from sft_recipes.template_fidelity import SAMPLE_CONVERSATIONS, render_differences, trl_training_template
 

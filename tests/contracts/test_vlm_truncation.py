@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from prepared import recipe_for
+from helpers.prepared import recipe_for
 
 LONG = "Describe the picture in great detail please. " * 6
 

@@ -15,8 +15,6 @@ import pytest
 from sft_recipes.cli import main
 from sft_recipes.tiny import ANSWER_TEMPLATE, CAPITALS, DEMO_PROMPTS
 
-pytest_plugins = ["trained_runs"]  # the session's trained runs (demo_run_dir, ...)
-
 QUESTIONS = ("What is the capital of Kenya?", *DEMO_PROMPTS)
 
 

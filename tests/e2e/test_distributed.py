@@ -7,7 +7,17 @@ import sys
 import textwrap
 
 import pytest
-from distributed_runs import ABORT, ROOT, WORLD_SIZE, bench, cpu_accelerate_config, env, free_port, launch, launched_ok
+from helpers.distributed_runs import (
+    ABORT,
+    ROOT,
+    WORLD_SIZE,
+    bench,
+    cpu_accelerate_config,
+    env,
+    free_port,
+    launch,
+    launched_ok,
+)
 
 
 @pytest.fixture(scope="module")

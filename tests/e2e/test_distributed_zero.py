@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from distributed_runs import ABORT, SHIPPED_CONFIGS, bench, cpu_accelerate_config, launch, launched_ok
+from helpers.distributed_runs import ABORT, SHIPPED_CONFIGS, bench, cpu_accelerate_config, launch, launched_ok
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ prompts, with the generation config `train` saves. The untrained model does not,
 
 from __future__ import annotations
 
-from runs import train
+from helpers.runs import train
 
 from sft_recipes.tiny import DEMO_PROMPTS
 

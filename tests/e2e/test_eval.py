@@ -19,8 +19,6 @@ import yaml
 from sft_recipes.cli import main
 from sft_recipes.tiny import ANSWER_TEMPLATE, CAPITALS
 
-pytest_plugins = ["trained_runs"]  # the session's trained runs (demo_run_dir, ...)
-
 
 def run_eval(*argv) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()

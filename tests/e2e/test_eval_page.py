@@ -13,8 +13,6 @@ import pytest
 
 from sft_recipes.cli import main
 
-pytest_plugins = ["trained_runs"]  # the session's trained runs (demo_run_dir, ...)
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXACT, MISS = (0xDA, 0xFB, 0xE1), (0xFF, 0xEB, 0xE9)  # the page's shades for an exact answer and a wrong one
 

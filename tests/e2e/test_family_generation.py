@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from helpers.chat_families import ANSWERS, build_family_model, chat_family, conversation, recipe_chat_keys
-from prepared import write_rows
-from runs import train
+from helpers.prepared import write_rows
+from helpers.runs import train
 
 MAX_NEW_TOKENS = 40
 FAMILIES = ("qwen3", "llama-3.1", "mistral-v0.3", "gemma-2", "phi-3.5")

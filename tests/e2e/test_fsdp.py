@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import write_recipe
+from helpers.runs import write_recipe
 
 from sft_recipes.topology import Topology
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FSDP_CONFIGS = ["fsdp2", "fsdp2_qlora"]
 SHARDED = ["fsdp2", "zero3"]
 

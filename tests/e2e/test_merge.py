@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from runs import train
+from helpers.runs import train
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 511], [900, 1, 64, 33, 128, 2, 77, 300]])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_recipes"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "foreign_recipes"
 RECIPES = sorted(FIXTURES.glob("*/*.yaml"))
 # Recipes whose data cannot be swapped for local rows: the smolagents fork's `texts` rows are no format TRL reads.
 NOT_VALIDATED = {"Qwen2.5-VL-3B-Instruct_sft_config_agent"}

@@ -42,7 +42,7 @@ DETERMINISTIC = {
 }
 METHODS = {"full": {}, "lora": {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1}}
 WEIGHTS = {"full": "model.safetensors", "lora": "adapter_model.safetensors"}
-HALTING_RUN = Path(__file__).with_name("halting_run.py")
+HALTING_RUN = Path(__file__).parents[1] / "helpers" / "halting_run.py"
 
 
 def write(tmp_path: Path, name: str, model: Path, data: Path, method: str, **extra: object) -> Path:

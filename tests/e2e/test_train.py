@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from runs import CPU_DEFAULTS, train, write_recipe
+from helpers.runs import CPU_DEFAULTS, train, write_recipe
 from safetensors.torch import load_file
 
 

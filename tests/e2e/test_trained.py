@@ -14,8 +14,6 @@ from sft_recipes.errors import RecipeError
 from sft_recipes.tiny import DEMO_PROMPTS
 from sft_recipes.trained import load_trained, locate_run
 
-pytest_plugins = ["trained_runs"]  # the session's trained runs (demo_run_dir, lora_run_dir, qlora_run_dir)
-
 
 def logits(run, prompt: str) -> torch.Tensor:
     inputs = run.encode([{"role": "user", "content": prompt}])

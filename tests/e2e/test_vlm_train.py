@@ -31,7 +31,7 @@ def write_vision_rows(directory, n=8):
 
 @pytest.mark.parametrize("family", ["llava", "idefics3"])
 def test_vlm_lora_trains_on_image_text_rows_and_leaves_the_vision_tower_frozen(tmp_path, vlm_dirs, family):
-    from runs import write_recipe
+    from helpers.runs import write_recipe
 
     from sft_recipes.config import parse_recipe
     from sft_recipes.train import run

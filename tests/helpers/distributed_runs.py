@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from runs import CPU_DEFAULTS, write_recipe
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.runs import CPU_DEFAULTS, write_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIGS = ROOT / "accelerate_configs"
 WORLD_SIZE = 2
 PER_DEVICE = CPU_DEFAULTS["per_device_train_batch_size"]

@@ -1,6 +1,6 @@
 """Run `sft-recipes ARGS...` and halt it at a checkpoint, at a point fixed by the code rather than by a timer.
 
-Usage: python tests/halting_run.py pause-after|kill-before STEP ARGS...
+Usage: python tests/helpers/halting_run.py pause-after|kill-before STEP ARGS...
 - pause-after STEP: block for good right after checkpoint-STEP is marked complete, holding the output_dir lock
   (the test then does what it needs with a live run and SIGKILLs it).
 - kill-before STEP: SIGKILL this process once checkpoint-STEP's files are written, before its completion marker:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runs import write_recipe
+from helpers.runs import write_recipe
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -1,14 +1,14 @@
-"""A pytest plugin (`pytest_plugins = ["trained_runs"]`) of runs trained once per session for the chat and loader
-and eval tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run and a QLoRA run with
-checkpoints, all on the demo's tiny llama, and a LLaVA LoRA run on image rows."""
+"""A pytest plugin (registered in tests/conftest.py) of runs trained once per session, when a test first asks for
+one, for the chat, loader and eval tests: the demo (a full run that learns its task, with a checkpoint), a LoRA run
+and a QLoRA run with checkpoints, all on the demo's tiny llama, and a LLaVA LoRA run on image rows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from runs import train
 
+from helpers.runs import train
 from sft_recipes.resources import demo_recipe
 
 # 120 steps of the demo recipe (instead of its 300) at a slightly higher learning rate answer all 120 demo

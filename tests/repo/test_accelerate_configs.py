@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rank_env import launch_env
+from helpers.rank_env import launch_env
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "accelerate_configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 EXPECTED = {
     "single_gpu",

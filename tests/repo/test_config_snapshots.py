@@ -10,7 +10,7 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SNAPSHOTS = sorted(RECIPES.glob("*/config.json"))
 # templates/ holds chat templates; demo/ trains a tiny model `make demo` builds, so it has no hub snapshot.
 MODEL_DIRS = sorted(p for p in RECIPES.iterdir() if p.is_dir() and p.name not in ("templates", "demo"))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
 LAUNCH = re.compile(r"sft-recipes train --config \S+\.yaml(?: --\w+ \S+)*")
 # Values TrainingArguments normalises on purpose: YAML value -> parsed value.

@@ -15,7 +15,7 @@ import pytest
 
 from sft_recipes import resources
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # sdist first, then the wheel from the unpacked sdist: a file the sdist drops cannot reach the wheel either.
 BUILD = """
 import os, sys, tarfile

@@ -20,7 +20,7 @@ from sft_recipes.data.formats import check_rows, detect_format, to_trl_format
 from sft_recipes.data.loading import check_file, load_training_data
 from sft_recipes.errors import RecipeError
 
-FIXTURES = Path(__file__).parent / "data"
+FIXTURES = Path(__file__).parents[1] / "data"
 TURN = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 TURN_PAIRS = (("user", "q"), ("assistant", "a"))
 

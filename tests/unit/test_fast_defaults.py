@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from runs import CPU_DEFAULTS
+from helpers.packing_proofs import PACKING_CASES
+from helpers.runs import CPU_DEFAULTS
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM  # noqa: F401  (imported before fake_gpu: see there)
 
 from sft_recipes.model.attention import best_attn_implementation, resolve_attn_implementation
@@ -24,7 +25,7 @@ from sft_recipes.plan.formula import estimate
 from sft_recipes.plan.gpus import GiB
 from sft_recipes.train import PLAN_HEADROOM, apply_fast_defaults, checkpointing_decision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "demo")
 LLAMA = {"model_type": "llama"}
 real_find_spec = importlib.util.find_spec
@@ -105,7 +106,7 @@ def test_a_named_attention_is_kept_even_where_a_faster_one_exists(monkeypatch):
 
 
 def test_auto_attention_recipe_loads_a_model_with_the_chosen_kernel(tmp_path, llama_dir):
-    from prepared import recipe_for
+    from helpers.prepared import recipe_for
 
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.tokenizer import load_processing_class
@@ -119,13 +120,6 @@ def test_auto_attention_recipe_loads_a_model_with_the_chosen_kernel(tmp_path, ll
 # -- packing --------------------------------------------------------------------------------------------------------
 
 
-def proven_packing() -> set[tuple[str, str]]:
-    """(model_type, attention) pairs whose packed batches tests/test_packing.py proves equal to padded ones."""
-    from test_packing import CASES
-
-    return set(CASES)
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipes_pack_only_where_packed_equals_padded_is_proven(path):
     recipe = yaml.safe_load(path.read_text())
@@ -134,7 +128,7 @@ def test_recipes_pack_only_where_packed_equals_padded_is_proven(path):
     config = json.loads((path.parent / "config.json").read_text())
     assert detect_model_kind(config) == "causal_lm", "TRL refuses packing for vision-language models"
     pair = (config["model_type"], recipe["attn_implementation"])
-    assert pair in proven_packing(), f"{pair}: add it to tests/test_packing.py CASES first"
+    assert pair in PACKING_CASES, f"{pair}: prove it in tests/contracts/test_packing.py (PACKING_CASES) first"
     # Padding-free sdpa/eager attend across the whole flattened micro-batch: one packed row per micro-batch.
     assert recipe["per_device_train_batch_size"] == 1
 

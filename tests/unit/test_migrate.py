@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_recipes"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "foreign_recipes"
 ZEPHYR = FIXTURES / "alignment-handbook" / "zephyr-7b-beta_sft_config_full.yaml"
 
 

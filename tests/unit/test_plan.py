@@ -322,7 +322,7 @@ def test_plan_of_a_shipped_recipe_works_offline_from_its_config_snapshot(capsys,
     from sft_recipes.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     assert main(["plan", "--config", "recipes/qwen2.5-1.5b-instruct/lora.yaml", "--gpu-memory", "24", "--json"]) == 0
     plan = json_module.loads(capsys.readouterr().out)
     assert 1.5e9 < plan["parameters"]["total"] < 1.6e9  # Qwen2.5-1.5B: 1.54B

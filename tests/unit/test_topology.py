@@ -8,13 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rank_env import launch_env
+from helpers.rank_env import launch_env
 
 from sft_recipes.errors import RecipeError
 from sft_recipes.topology import Topology
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "accelerate_configs"
-BAD = Path(__file__).parent / "bad_inputs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "accelerate_configs"
+BAD = Path(__file__).parents[1] / "bad_inputs"
 # name -> (mode, offload, processes, machines, planner parallelism)
 SHIPPED = {
     "single_gpu": ("single", False, 1, 1, "single"),

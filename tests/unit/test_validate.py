@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_validate_bad_inputs import BASE, fill, run_validate, tree, write_recipe
+from helpers.validate_runs import BAD, BASE, fill, no_flash_attn, run_validate, tree, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_rope_plan_and_vlm_kind_are_in_the_summary(tmp_path, places, vlm_dirs, c
     code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, {"max_length": 600}))
     assert code == 0, err
     assert "600 (model context 256, RoPE: linear scaling x3)" in out
-    image_chat = Path(__file__).parent / "bad_inputs" / "image_chat.jsonl"
+    image_chat = BAD / "image_chat.jsonl"
     vlm = {"model_name_or_path": str(vlm_dirs["llava"]), "max_length": None, "dataset_name": str(image_chat)}
     code, out, err = run_validate(capsys, monkeypatch, write_recipe(tmp_path, places, vlm))
     assert code == 0, err
@@ -170,8 +170,6 @@ def test_explicit_bf16_on_a_machine_without_gpu_is_a_warning_stating_cpu(tmp_pat
 
 
 def test_missing_flash_attn_falls_back_to_sdpa_and_says_so(tmp_path, places, capsys, monkeypatch):
-    from test_validate_bad_inputs import no_flash_attn
-
     no_flash_attn(tmp_path, monkeypatch, places)
     recipe = write_recipe(tmp_path, places, {"attn_implementation": "flash_attention_2"})
     code, out, err = run_validate(capsys, monkeypatch, recipe)
