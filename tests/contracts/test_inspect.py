@@ -217,14 +217,17 @@ def test_meta_skeleton_builds_inside_a_zero3_launch_and_leaves_zero3_on(llama_di
 
     from sft_recipes.inspection.meta_trainer import build_meta_model
 
-    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    # transformers holds the config by weak reference: it counts as a ZeRO-3 launch while `launch` is alive
+    launch = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
     try:
+        assert is_deepspeed_zero3_enabled()
         model = build_meta_model(
             SimpleNamespace(model_name_or_path=str(llama_dir), model_revision="main", cache_dir=None),
             SimpleNamespace(trust_remote_code=False),
             "causal_lm",
         )
         assert all(p.device.type == "meta" for p in model.parameters())
-        assert is_deepspeed_zero3_enabled() and keep is not None
+        assert is_deepspeed_zero3_enabled()
     finally:
         unset_hf_deepspeed_config()
+        del launch

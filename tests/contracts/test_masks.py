@@ -190,7 +190,7 @@ def test_eos_stays_trained_when_the_pad_token_is_the_eos(rows, tmp_path, pad_is_
     batch = next(iter(trainer.get_train_dataloader()))
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
         real = int(mask.sum())
-        assert real < len(ids) or mask.all()
+        assert mask[:real].all() and not mask[real:].any(), mask  # right padding: the example first, then padding
         eos_positions = (ids[:real] == eos).nonzero().flatten().tolist()
         assert eos_positions, "no EOS in the example"
         last = eos_positions[-1]

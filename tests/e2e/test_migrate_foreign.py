@@ -101,7 +101,7 @@ def test_foreign_recipe_migrates_to_keys_the_strict_parser_accepts(path, tmp_pat
     recipe = parse_recipe(["--config", str(new), *no_tf32])
     for key, value in migrated.items():
         if key != "datasets" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            assert str(recipe.raw.get(key, value)).lower() == str(value).lower() or key == "report_to", key
+            assert str(recipe.raw[key]).lower() == str(value).lower() or key == "report_to", key
     if "chat_template" in yaml.safe_load(original):
         template = Path(migrated["chat_template_path"])
         assert template.read_text() == yaml.safe_load(original)["chat_template"]
@@ -115,7 +115,9 @@ def test_migrated_foreign_recipe_validates_on_a_local_model_and_data(path, tmp_p
     recipe = localize(yaml.safe_load(new.read_text()), local, tmp_path / "out")
     new.write_text(yaml.safe_dump(recipe, sort_keys=False))
     code = main(["validate", "--config", str(new)])
-    assert code == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{new}: OK") and "trained tokens" in out, out
 
 
 @pytest.mark.parametrize("stem", TRAINED)

@@ -84,7 +84,7 @@ def test_full_checkpoint_loads_its_weights_ready_for_generation(demo_run_dir, de
     assert run.model.config.use_cache is True and not run.model.training
     saved, final = (load_file(p / "model.safetensors") for p in (checkpoint, demo_run_dir))
     params = dict(run.model.named_parameters())
-    assert all(torch.equal(params[k], saved[k]) for k in saved if k in params)
+    assert set(params) == set(saved) and all(torch.equal(params[k], saved[k]) for k in saved)
     assert any(not torch.equal(saved[k], final[k]) for k in saved)
 
 

@@ -55,10 +55,12 @@ def test_old_recipe_is_never_modified_and_new_files_are_not_overwritten_without_
     new = tmp_path / "new.yaml"
     assert main(["migrate", str(old), "-o", str(new)]) == 0
     assert (tmp_path / "new.jinja").is_file() and yaml.safe_load(new.read_text())["chat_template_path"]
+    migrated = new.read_text()
     new.write_text("edited by hand\n")
     assert main(["migrate", str(old), "-o", str(new)]) == 2
     assert "pass --force" in capsys.readouterr().err and new.read_text() == "edited by hand\n"
     assert main(["migrate", str(old), "-o", str(new), "--force"]) == 0
+    assert new.read_text() == migrated
     assert main(["migrate", str(old), "-o", str(old), "--force"]) == 2
     assert (old.read_bytes(), os.stat(old).st_mtime_ns) == before
 

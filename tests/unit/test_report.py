@@ -73,7 +73,11 @@ def test_report_without_trainer_state_names_the_expected_file(tmp_path):
 def test_report_replaces_its_own_files_but_no_other(tmp_path):
     write_state(tmp_path, trainer_state())
     assert report([str(tmp_path)]) == 0
+    first = (tmp_path / "report.png").read_bytes()
+    write_state(tmp_path, trainer_state(steps=10))
     assert report([str(tmp_path)]) == 0  # a rerun replaces the previous report
+    assert "<td>10 of 10</td>" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "report.png").read_bytes() != first
     foreign = tmp_path / "plots" / "loss.png"
     foreign.parent.mkdir()
     foreign.write_bytes(PNG_MAGIC + b"someone else's plot")
