@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-# recipes/demo/ is the offline CPU demo (`make demo`), not a GPU recipe: it has its own test (tests/test_demo.py).
+# recipes/demo/ is the offline CPU demo (`make demo`), not a GPU recipe: it has its own test (tests/e2e/test_demo.py).
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "demo")
 METHODS = {"full", "lora", "qlora"}
 FLOAT_KEYS = ("learning_rate", "warmup_steps", "lora_dropout")

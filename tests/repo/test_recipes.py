@@ -1,5 +1,5 @@
 """Every shipped recipe parses strictly under the installed TRL, its header's launch command goes through our launcher,
-and it passes the distributed checks of each topology it can scale to. (tests/test_validate_recipes.py runs the whole
+and it passes the distributed checks of each topology it can scale to. (test_validate_recipes.py runs the whole
 `sft-recipes validate` on each recipe; this file is the part that a TRL rename or a topology change breaks.)"""
 
 from __future__ import annotations
