@@ -133,7 +133,7 @@ def training_datasets(recipe: Any) -> tuple[Any, Any]:
 UNCALIBRATED_HEADROOM = 0.7
 CALIBRATED_HEADROOM = 0.9
 # The lowest predicted/measured ratio in benchmarks/results/plan_accuracy_cuda.json once it is committed (`make
-# gpu-check` prints it; tests/test_fast_defaults.py holds the two together). None: the planner is not GPU-calibrated.
+# gpu-check` prints it; tests/unit/test_fast_defaults.py holds the two together). None: the planner is not GPU-calibrated.
 GPU_PLAN_RATIO: float | None = None
 
 
@@ -148,7 +148,7 @@ def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
     A value in the recipe or on the command line always wins. Attention is chosen at load time
     (sft_recipes.model.attention.best_attn_implementation); packing is a recipe key, set where
-    tests/test_packing.py proves packed == padded."""
+    tests/contracts/test_packing.py proves packed == padded."""
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib
 
