@@ -103,7 +103,11 @@ WARNINGS = [
         ["compute dtype resolves to float32", "QLoRA computes in fp32"],
         id="auto-dtype-with-4bit",
     ),
-    pytest.param({"max_length": 12}, ["longer than max_length 12", "will be cut"], id="truncation"),
+    pytest.param(
+        {"max_length": 12},
+        ["longer than max_length 12", "drops the rest, EOS included", "packing_strategy: bfd_split"],
+        id="truncation",
+    ),
     pytest.param({"model_init_kwargs": {"device_map": {"": 0}}}, ["device_map is ignored"], id="device-map-ignored"),
     pytest.param(
         {"model_name_or_path": "{base}"},
