@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_validate_bad_inputs import BASE, fill, run_validate, write_recipe
+from helpers.bad_inputs import BASE, fill, run_validate, write_recipe
 
 from sft_recipes.topology import Topology
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_validate_bad_inputs import BASE, fill, run_validate, tree, write_recipe
+from helpers.bad_inputs import BASE, fill, run_validate, tree, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_explicit_bf16_on_a_machine_without_gpu_is_a_warning_stating_cpu(tmp_pat
 
 
 def test_missing_flash_attn_falls_back_to_sdpa_and_says_so(tmp_path, places, capsys, monkeypatch):
-    from test_validate_bad_inputs import no_flash_attn
+    from helpers.bad_inputs import no_flash_attn
 
     no_flash_attn(tmp_path, monkeypatch, places)
     recipe = write_recipe(tmp_path, places, {"attn_implementation": "flash_attention_2"})
