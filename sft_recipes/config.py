@@ -372,24 +372,44 @@ def _dataclasses(
                 )
             ) from None
         culprits = _culprits(config, args, defaults)
-        fix = f"fix {' or '.join(f'`{k}`' for k in culprits)}" if culprits else "fix the value named above"
+        names = [k.removeprefix("--") for k in culprits]
+        fix = f"fix {' or '.join(f'`{k}`' for k in names)}" if names else "fix the value named above"
         where_ = ", ".join(where(k) for k in culprits) or path or "command line"
         raise RecipeError(Problem(where_, str(err), fix)) from None
 
 
 def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any]) -> list[str]:
-    """The recipe keys without which the dataclasses accept the recipe: what a __post_init__ error is about
-    (TRL's "You can't use 8 bit and 4 bit precision at the same time" names no key)."""
+    """The recipe keys and flags without which the dataclasses accept the recipe: what a __post_init__ error is
+    about (TRL's "You can't use 8 bit and 4 bit precision at the same time" names no key). Flags as `--name`."""
+    trials = [(key, {k: v for k, v in config.items() if k != key}, args) for key in config]
+    trials += [(f"--{flag}", config, _without_flag(args, flag)) for flag in sorted(_explicit_cli_keys(args))]
     found = []
-    for key in config:
+    for name, trial_config, trial_args in trials:
         parser = _parser()
-        parser.set_defaults_with_config(**defaults, **{k: v for k, v in config.items() if k != key})
+        parser.set_defaults_with_config(**defaults, **trial_config)
         try:
-            parser.parse_args_into_dataclasses(args=args)
+            parser.parse_args_into_dataclasses(args=trial_args)
         except (ValueError, TypeError, RecipeError):
             continue
-        found.append(key)
+        found.append(name)
     return found
+
+
+def _without_flag(args: list[str], flag: str) -> list[str]:
+    """The command line minus `--flag` and its value (`--flag value`, `--flag=value` or a bare boolean flag)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            if not arg.startswith("--"):
+                continue
+        if arg == f"--{flag}":
+            skip = True
+            continue
+        if not arg.startswith(f"--{flag}="):
+            kept.append(arg)
+    return kept
 
 
 def _without_bad_keys(

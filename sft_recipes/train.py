@@ -133,7 +133,7 @@ def training_datasets(recipe: Any) -> tuple[Any, Any]:
 UNCALIBRATED_HEADROOM = 0.7
 CALIBRATED_HEADROOM = 0.9
 # The lowest predicted/measured ratio in benchmarks/results/plan_accuracy_cuda.json once it is committed (`make
-# gpu-check` prints it; tests/unit/test_fast_defaults.py holds the two together). None: the planner is not GPU-calibrated.
+# gpu-check` prints it; tests/unit/test_fast_defaults.py holds the two together). None: not GPU-calibrated yet.
 GPU_PLAN_RATIO: float | None = None
 
 

@@ -143,6 +143,43 @@ def local_data_files(cfg) -> list[str]:
     return found
 
 
+HEAD_BYTES = 1 << 20  # enough of a .json file to decode the first element of its array
+
+
+def _array_of_non_objects(path: str) -> list[Problem]:
+    """A .json file holding an array whose first element is not an object (a row): named by file, from its head."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        head = handle.read(HEAD_BYTES).lstrip()
+    if not head.startswith("["):
+        return []
+    try:
+        first, _ = json.JSONDecoder().raw_decode(head[1:].lstrip())
+    except json.JSONDecodeError:  # an empty array, or a first element longer than the head: the loader decides
+        return []
+    if isinstance(first, dict):
+        return []
+    return [
+        Problem(
+            path,
+            f"a JSON array of {type(first).__name__} ({_abridged(head)}): each row must be a JSON object",
+            'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines',
+        )
+    ]
+
+
+def _abridged(text: str, width: int = 40) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[:width] + "..."
+
+
+def _label(cfg) -> str:
+    """How problems name a mixture entry: its path, or its data files when the path is a builder (`json`)."""
+    if cfg.path in BUILDERS.values() and cfg.data_files is not None:
+        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
+        return ", ".join(str(f) for f in files)
+    return cfg.path
+
+
 def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
     """datasets.load_dataset for a DatasetConfig whose `path` may also be a local file or directory."""
     import datasets
@@ -158,6 +195,9 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
             raise RecipeError(check_file(path))
         kwargs["data_files"] = path
         path = BUILDERS.get(Path(path).suffix, "json")
+    not_objects = [p for f in local_files if f.endswith(".json") for p in _array_of_non_objects(f)]
+    if not_objects:  # datasets would load [1, 2] as a `text` column of numbers and blame each row
+        raise RecipeError(not_objects)
     try:
         return datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
     except Exception as e:  # datasets raises a dozen types; the user needs the file:line or the reason, not a trace
@@ -211,7 +251,7 @@ def _load_mixture(
         raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
 
     parts = [
-        _prepare(ds, fmt, cfg.path, text_field, num_proc, problems, preference_column=preference_column)
+        _prepare(ds, fmt, _label(cfg), text_field, num_proc, problems, preference_column=preference_column)
         for ds, cfg in zip(raw, mixture.datasets, strict=True)
     ]
     _raise_errors(problems)

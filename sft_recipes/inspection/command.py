@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.arguments import command_parser, parse_with_recipe
-from sft_recipes.inspection.diagnosis import diagnose
+from sft_recipes.inspection.diagnosis import diagnose, loss_scope
 from sft_recipes.inspection.meta_trainer import (
     build_context,
     build_trainer,
@@ -36,6 +36,12 @@ if TYPE_CHECKING:
     from sft_recipes.inspection.meta_trainer import Context
 
 FORMATS = ("text", "html", "json")
+# What TRL 1.16's packing does to an example over max_length (truncation_mode applies without packing only).
+PACKED_TRUNCATION = {
+    "bfd": "keep_start (bfd packing drops the overflow)",
+    "bfd_split": "none (bfd_split packing splits the overflow off)",
+    "wrapped": "none (wrapped packing cuts across rows)",
+}
 
 
 def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
@@ -56,12 +62,6 @@ def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
 
 def describe_settings(ctx: Context) -> dict[str, Any]:
     trainer, args = ctx.trainer, ctx.trainer.args
-    if args.assistant_only_loss:
-        loss = "assistant turns only"
-    elif trainer.completion_only_loss and "prompt" in ctx.first:
-        loss = "completion only"
-    else:
-        loss = "every token"
     if args.chat_template_path:
         template = args.chat_template_path
     elif trainer.chat_template is not None:
@@ -75,10 +75,10 @@ def describe_settings(ctx: Context) -> dict[str, Any]:
         "end of turn": ctx.end_of_turn,
         "eos / pad": f"{ctx.tokenizer.eos_token} / {ctx.tokenizer.pad_token}",
         "max_length": args.max_length,
-        "truncation": args.truncation_mode,
+        "truncation": PACKED_TRUNCATION.get(args.packing_strategy, "") if args.packing else args.truncation_mode,
         "packing": args.packing_strategy if args.packing else "off",
         "padding-free": bool(trainer.padding_free),
-        "loss on": loss,
+        "loss on": loss_scope(ctx),
         "batch": f"{args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation",
     }
 
@@ -117,18 +117,22 @@ def main(argv: list[str]) -> int:
 
     args, rest = parse_with_recipe(build_parser(), argv)
     n, fmt, out = args.n, args.format, args.out
-    recipe = parse_recipe(rest)
-    console = Console(stderr=True)
-    spinner = "Preparing the data with TRL's SFTTrainer (meta-device model, no weights)"
-    with console.status(spinner) if console.is_terminal else contextlib.nullcontext():
-        inspection = inspect_recipe(recipe, n)
+    report = sys.stdout
+    # stdout carries the report alone (`--format json | jq` must parse): whatever the libraries print while the data
+    # is prepared (DeepSpeed's import announces its accelerator on stdout) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        recipe = parse_recipe(rest)
+        console = Console(stderr=True)
+        spinner = "Preparing the data with TRL's SFTTrainer (meta-device model, no weights)"
+        with console.status(spinner) if console.is_terminal else contextlib.nullcontext():
+            inspection = inspect_recipe(recipe, n)
     if fmt == "text":
-        with open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout) as handle:
+        with open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(report) as handle:
             render_text(inspection, file=handle)
     else:
         text = render_html(inspection) if fmt == "html" else json.dumps(inspection.to_dict(), indent=2) + "\n"
         if out is None:
-            sys.stdout.write(text)
+            report.write(text)
         else:
             Path(out).write_text(text, encoding="utf-8")
     if out:

@@ -55,7 +55,6 @@ def _length_problems(found: Findings, ctx: Context, statistics: dict[str, Any], 
     truncated = statistics["truncated_examples"]
     if truncated:
         lengths, sample = statistics["tokens_per_example"], statistics.get("sample")
-        cut = "split" if args.packing and args.packing_strategy == "bfd_split" else f"cut ({args.truncation_mode})"
         verb = "is" if truncated == 1 else "are"
         share = f"({statistics['truncated_share']:.1%})"
         which = (
@@ -63,12 +62,32 @@ def _length_problems(found: Findings, ctx: Context, statistics: dict[str, Any], 
             if sample
             else f"{_count(truncated, 'example')} {share}"
         )
+        outcome, keep = truncation_outcome(args)
         found.warn(
             "max_length",
-            f"{which} {verb} longer than max_length {args.max_length} and will be {cut}: what is cut off, EOS "
-            "included, is never trained",
-            f"raise max_length (p95 is {lengths['p95']} tokens, max {lengths['max']}), or filter long examples",
+            f"{which} {verb} longer than max_length {args.max_length}: {outcome}",
+            f"raise max_length (p95 is {lengths['p95']} tokens, max {lengths['max']}), filter long examples{keep}",
         )
+
+
+def truncation_outcome(args: Any) -> tuple[str, str]:
+    """What TRL 1.16 does with an example over max_length, and the advice that keeps its text: without packing and
+    with `bfd` packing the overflow is dropped (bfd keeps the start whatever truncation_mode says); `bfd_split` and
+    `wrapped` keep every token, in pieces trained without the text before them."""
+    split = "packing_strategy: bfd_split (packing: true), which keeps the overflow as separate documents"
+    if not args.packing:
+        kept = "start" if args.truncation_mode == "keep_start" else "end"
+        lost = "the rest, EOS included," if kept == "start" else "the start (prompt and system turn)"
+        return f"TRL keeps its {kept} and drops {lost} which is never trained", f", or {split}"
+    if args.packing_strategy == "bfd":
+        return (
+            "`bfd` packing (TRL's default) truncates it to its first max_length tokens: the rest, EOS included, is "
+            "never trained",
+            f", or {split}",
+        )
+    if args.packing_strategy == "bfd_split":
+        return "`bfd_split` packing splits it: the overflow is trained as a separate document, without its start", ""
+    return "`wrapped` packing cuts it across rows with no document boundary: every token is kept, context is not", ""
 
 
 def _stop_problems(found: Findings, ctx: Context, counts: dict[str, int]) -> None:
@@ -141,6 +160,15 @@ def _mask_problems(found: Findings, ctx: Context, statistics: dict[str, Any], co
         )
     elif args.assistant_only_loss and has_generation_markers(getattr(trainer.processing_class, "chat_template", "")):
         found.checks.append("the chat template has {% generation %} markers: only assistant turns are trained")
+    elif loss_scope(ctx) == "completion only":
+        found.checks.append("prompt-completion data: only the completions are trained (completion_only_loss)")
+    elif ctx.conversational and "prompt" in ctx.first:
+        found.warn(
+            "completion_only_loss",
+            "false: the loss also trains the prompts (their user and system turns), so the model learns to write "
+            "prompts",
+            "unset completion_only_loss (TRL then trains prompt-completion data on the completions only)",
+        )
     elif ctx.conversational:
         found.warn(
             "assistant_only_loss",
@@ -149,6 +177,16 @@ def _mask_problems(found: Findings, ctx: Context, statistics: dict[str, Any], co
         )
     if trainer.padding_free and counts["documents"] > statistics.get("training_rows", counts["documents"]):
         found.checks.append("packed documents are isolated: position_ids restart at 0 for each document")
+
+
+def loss_scope(ctx: Context) -> str:
+    """Which tokens the loss trains, as TRL decides it: assistant turns, completions (prompt-completion data with
+    completion_only_loss, TRL's default there) or every token."""
+    if ctx.trainer.args.assistant_only_loss:
+        return "assistant turns only"
+    if ctx.trainer.completion_only_loss and "prompt" in ctx.first:
+        return "completion only"
+    return "every token"
 
 
 def _vision_problems(found: Findings, ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -> None:

@@ -47,6 +47,12 @@ def build_meta_model(model_args: Any, training_args: Any, kind: str, config_dict
         return auto_class.from_config(config, trust_remote_code=training_args.trust_remote_code)
 
 
+def check_attn_implementation(model: Any, implementation: str) -> str:
+    """transformers' own check of `implementation` for this model class, as from_pretrained runs it at init (no
+    weights needed): the implementation it would use; ValueError or ImportError when it refuses it."""
+    return str(model._check_and_adjust_attn_implementation(implementation, is_init_check=True))
+
+
 @contextlib.contextmanager
 def _outside_zero3_init() -> Iterator[None]:
     """Under an accelerate ZeRO-3 launch, from_config would partition the skeleton with deepspeed.zero.Init, which

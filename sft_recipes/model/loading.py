@@ -82,6 +82,7 @@ def load_model(
             len(tokenizer),
         )
     model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
+    model.config.get_text_config().use_cache = False  # a VLM's language model reads its own config (text_config)
     # Not when sharded: it upcasts every non-4-bit weight to fp32, and ZeRO-3/FSDP cannot gather mixed dtypes
     # (DeepSpeed#8072). SFTTrainer still enables input gradients for gradient checkpointing itself.
     if quantization is not None and not topology.sharded:

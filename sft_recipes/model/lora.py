@@ -14,6 +14,17 @@ if TYPE_CHECKING:
 
 # Path fragments of the parts of a VLM that are not the language model: the fallback for a model whose decoder
 # layers cannot be found.
+# peft.LoraConfig field -> the recipe key (trl.ModelConfig) it is built from, so PEFT's errors can name the key.
+LORA_FIELDS = {
+    "r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_parameters": "lora_target_parameters",
+    "modules_to_save": "lora_modules_to_save",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+    "task_type": "lora_task_type",
+}
 VISION_PARTS = ("vision", "visual", "image", "multi_modal_projector", "mm_projector", "connector", "patch_embed")
 
 
@@ -115,16 +126,9 @@ def build_lora_config(model_args: Any, model: PreTrainedModel, kind: str) -> Lor
     from peft import LoraConfig
 
     return LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
+        **{name: getattr(model_args, key) for name, key in LORA_FIELDS.items()},
         target_modules=resolve_lora_targets(model, kind, model_args.lora_target_modules),
-        target_parameters=model_args.lora_target_parameters,
-        modules_to_save=model_args.lora_modules_to_save,
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
         bias="none",
-        task_type=model_args.lora_task_type,
     )
 
 

@@ -72,7 +72,7 @@ def first_rows_of(train: Any) -> Any:
 
 def check_sample(v: Validation, rows: Any) -> None:
     """Prepare `rows` with the real SFTTrainer (inspection's engine) and report its diagnosis."""
-    from sft_recipes.inspection.diagnosis import diagnose
+    from sft_recipes.inspection.diagnosis import diagnose, loss_scope
     from sft_recipes.inspection.meta_trainer import build_context, inspection_args, meta_trainer, outside_launch
     from sft_recipes.inspection.statistics import text_statistics
 
@@ -84,11 +84,12 @@ def check_sample(v: Validation, rows: Any) -> None:
         statistics, counts = text_statistics(ctx)
         statistics["sample"] = len(rows)
         problems, _ = diagnose(ctx, statistics, counts)
+        scope = loss_scope(ctx)
     v.statistics = statistics
     v.extend(trl_warnings + problems)
     v.summary["trained tokens"] = (
         f"{statistics['trained_share']:.0%} of {statistics['tokens']:,} tokens in the first {len(rows)} rows"
-        + (" (assistant turns only)" if r.training.assistant_only_loss else "")
+        + (f" ({scope})" if scope != "every token" else "")
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sft_recipes.validate.validation import Validation
@@ -115,9 +115,9 @@ def check_vlm(v: Validation) -> None:
 
 
 def check_meta_model(v: Validation) -> None:
-    """Parameter counts, and LoRA targets against the model's real linear layers (Σ r·(in+out) over the targets)."""
+    """Parameter counts, the attention implementation the model class accepts, and LoRA targets against the model's
+    real linear layers (Σ r·(in+out) over the targets)."""
     from sft_recipes.inspection.meta_trainer import build_meta_model
-    from sft_recipes.model.lora import build_lora_config, lora_copy
 
     m = v.recipe.model
     try:
@@ -132,24 +132,72 @@ def check_meta_model(v: Validation) -> None:
         )
         return
     v.model, v.params = model, sum(p.numel() for p in model.parameters())
+    _check_attention_support(v, model)
     if not m.use_peft:
         v.trainable = v.params
         v.summary["trainable"] = f"all {v.params:,} parameters (full fine-tune)"
         return
-    lora = build_lora_config(m, model, v.kind or "causal_lm")
+    _check_lora(v, model)
+
+
+def _check_attention_support(v: Validation, model: Any) -> None:
+    """The recipe's attn_implementation through transformers' own check of the model class (what from_pretrained
+    runs): an unknown name, or one the architecture lacks (sdpa on Gemma-2's soft-capping, flex on old models)."""
+    from sft_recipes.environment import has_package
+    from sft_recipes.inspection.meta_trainer import check_attn_implementation
+    from sft_recipes.model.attention import FLASH_PACKAGES
+
+    requested = v.recipe.model.attn_implementation
+    package = FLASH_PACKAGES.get(requested or "")
+    if requested in (None, "auto") or "/" in requested or (package and not has_package(package)):
+        return  # ours to choose, a hub kernel, or a missing flash-attn: check_attention reports those
+    try:
+        check_attn_implementation(model, requested)
+    except (ValueError, ImportError) as err:
+        v.add(
+            v.key("attn_implementation"),
+            f"transformers refuses {requested!r} for {type(model).__name__}: {str(err).splitlines()[0]}",
+            "use sdpa or eager, or auto (the fastest this machine allows)",
+        )
+        v.summary["attention"] = f"{requested} (refused)"
+
+
+def _check_lora(v: Validation, model: Any) -> None:
+    """PEFT's own LoraConfig and adapted copy of the meta model: its errors name the recipe key they come from."""
+    from sft_recipes.model.lora import LORA_FIELDS, build_lora_config, lora_copy
+
+    m = v.recipe.model
+    if any(v.has_error_on(key) for key in LORA_FIELDS.values()):
+        v.summary["LoRA"] = "unchecked: fix the LoRA keys first"
+        return
+    try:
+        lora = build_lora_config(m, model, v.kind or "causal_lm")
+    except (TypeError, ValueError) as err:
+        message = str(err).splitlines()[0]
+        named = [
+            k for f, k in LORA_FIELDS.items() if f"`{f}`" in message or "_" in f and f.replace("_", " ") in message
+        ]
+        key = named[0] if named else None
+        v.add(v.key(key or "use_peft"), f"PEFT refuses the LoRA config: {message}", f"fix {key or 'the LoRA keys'}")
+        return
     assert lora is not None
     try:
         adapted = lora_copy(model, lora)
     except ValueError as err:  # PEFT: "Target modules ... not found in the base model"
+        message = str(err).splitlines()[0]
+        if "not found in the base model" not in message:
+            v.add(v.key("use_peft"), f"PEFT cannot adapt this model: {message}", "fix the LoRA keys")
+            return
         v.add(
             v.key("lora_target_modules"),
-            f"{lora.target_modules!r} matches no linear layer of this model (PEFT: {str(err).splitlines()[0]})",
+            f"{lora.target_modules!r} matches no linear layer of this model (PEFT: {message})",
             "use leaf names such as q_proj, or `all-linear`",
         )
         return
     layers = sum(1 for module in adapted.modules() if hasattr(module, "lora_A"))
     v.trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    named = lora.target_modules or []
-    targets = named if isinstance(named, str) else ", ".join(sorted(named))
+    requested = lora.target_modules or []
+    targets = requested if isinstance(requested, str) else ", ".join(sorted(requested))
+    total = v.params or 1
     v.summary["LoRA"] = f"r={m.lora_r}, alpha={m.lora_alpha} on {layers} layers ({targets})"
-    v.summary["trainable"] = f"{v.trainable:,} of {v.params:,} parameters ({100 * v.trainable / v.params:.2f}%)"
+    v.summary["trainable"] = f"{v.trainable:,} of {total:,} parameters ({100 * v.trainable / total:.2f}%)"

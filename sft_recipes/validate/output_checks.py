@@ -20,6 +20,8 @@ def check_output_dir(v: Validation) -> None:
 
     t, s = v.recipe.training, v.recipe.script
     out = t.output_dir
+    if not _check_writable(v, out):
+        return
     resume = resume_checkpoint(out, t.resume_from_checkpoint, s.overwrite_output_dir)
     if resume:
         v.summary["resume"] = f"from {resume}"
@@ -32,6 +34,21 @@ def check_output_dir(v: Validation) -> None:
         )
     if v.params is not None:
         _check_disk(v)
+
+
+def _check_writable(v: Validation, out: str) -> bool:
+    """output_dir must be a folder this process can create or write: a file there (or above) stops the first mkdir."""
+    path = Path(os.path.abspath(out))
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "is an existing file" if blocking == path else f"is below the file {blocking}"
+        v.add(v.key("output_dir"), f"{out} {where}: it must be a folder", "pick another output_dir, or move the file")
+        return False
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        v.add(v.key("output_dir"), f"{existing} is not writable by this user", "pick an output_dir you can write to")
+        return False
+    return True
 
 
 def _check_disk(v: Validation) -> None:

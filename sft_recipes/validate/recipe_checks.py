@@ -47,6 +47,8 @@ def check_quantization(v: Validation) -> None:
             "quantized loading needs bitsandbytes, not installed",
             "pip install 'sft-recipes[quantization]'",
         )
+    if find_spec("bitsandbytes") is not None and not (m.load_in_4bit and m.load_in_8bit):
+        _build_quantization_config(v)
     compute = compute_dtype_name(t)
     if m.load_in_4bit and m.dtype in (None, "auto"):
         v.add(
@@ -56,6 +58,20 @@ def check_quantization(v: Validation) -> None:
             "set dtype explicitly (bfloat16 on GPUs that have it) to make the choice visible",
             warning=True,
         )
+
+
+def _build_quantization_config(v: Validation) -> None:
+    """transformers' BitsAndBytesConfig from the recipe, as the loader builds it: its checks name their own key."""
+    from sft_recipes.model.kind import compute_dtype
+    from sft_recipes.model.quantization import build_quantization_config
+
+    try:
+        build_quantization_config(v.recipe.model, compute_dtype(v.recipe.training), v.topology)
+    except (ValueError, TypeError, AttributeError) as err:
+        message = str(err).strip().splitlines()[0]
+        keys = [f.name for f in fields(v.recipe.model) if f.name.startswith("bnb_") and f.name in message]
+        key = keys[0] if keys else "load_in_4bit" if v.recipe.model.load_in_4bit else "load_in_8bit"
+        v.add(v.key(key), f"transformers' BitsAndBytesConfig refuses it: {message}", f"fix {key}")
 
 
 def check_distribution(v: Validation) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 from sft_recipes.errors import RecipeError
 from sft_recipes.topology import Topology
 from sft_recipes.validate.data_checks import check_data
+from sft_recipes.validate.integration_checks import check_hub, check_kernels, check_trackers
 from sft_recipes.validate.model_checks import check_context, check_meta_model, check_model_files, check_vlm
 from sft_recipes.validate.output_checks import check_output_dir
+from sft_recipes.validate.range_checks import check_ranges
 from sft_recipes.validate.recipe_checks import (
     check_attention,
     check_choices,
@@ -21,7 +23,10 @@ from sft_recipes.validate.tokenizer_checks import check_tokenizer
 from sft_recipes.validate.validation import Validation
 
 logger = logging.getLogger("sft_recipes")
-RECIPE_STAGES = (check_choices, check_distribution, check_hardware, check_quantization, check_model_files)
+RECIPE_STAGES = (
+    check_ranges, check_choices, check_distribution, check_hardware, check_quantization, check_hub, check_trackers,
+    check_kernels, check_model_files,
+)  # fmt: skip
 CONFIG_STAGES = (check_context, check_vlm, check_attention, check_meta_model, check_tokenizer)  # need config.json
 
 

@@ -32,6 +32,10 @@ class Validation:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
+    def has_error_on(self, key: str) -> bool:
+        """Whether an error names recipe key `key` (bare, or as `file:LINE (key)`)."""
+        return any(p.where == key or p.where.endswith(f"({key})") for p in self.errors)
+
     def add(self, where: str, message: str, fix: str = "", warning: bool = False) -> None:
         self.problems.append(Problem(where, message, fix, "warning" if warning else "error"))
 

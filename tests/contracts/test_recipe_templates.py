@@ -51,6 +51,10 @@ CASES = {
     "smollm2.jinja": ("smollm2.jinja", ("<|im_end|>\n",), False),
 }
 
+# template file -> (the model's own template, what ours renders after each reply, what the shipped one renders):
+# differences a recipe makes knowingly, each explained in the file's header.
+KNOWING = {"llava-1.5.jinja": ("llava-1.5.jinja", "</s>", " ")}
+
 
 def _render(template: str, chat: list, **kwargs):
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -62,7 +66,21 @@ def _render(template: str, chat: list, **kwargs):
 
 
 def test_every_template_file_is_covered_here():
-    assert {path.name for path in TEMPLATES.glob("*.jinja")} == set(CASES)
+    assert {path.name for path in TEMPLATES.glob("*.jinja")} == set(CASES) | set(KNOWING)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWING))
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_a_knowingly_different_template_differs_only_after_each_reply(name, add_generation_prompt):
+    """LLaVA-1.5: `reply</s>` where llava-hf's template renders `reply ` (no stop token), the rest identical."""
+    shipped, ours_end, shipped_end = KNOWING[name]
+    shipped, ours = (SHIPPED / shipped).read_text(), (TEMPLATES / name).read_text()
+    for chat in CHATS:
+        typed = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in chat]
+        expected, _ = _render(shipped, typed, add_generation_prompt=add_generation_prompt)
+        rendered, replies = _render(ours, typed, add_generation_prompt=add_generation_prompt)
+        assert rendered.replace(ours_end, shipped_end) == expected
+        assert replies == [m["content"] + ours_end for m in chat if m["role"] == "assistant"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -15,17 +15,12 @@ REPLIES = ("Red.", "A square.")
 TRAINED_AROUND = {
     "smolvlm2": (" ", "<end_of_utterance>\n"),
     "gemma-3": ("", "<end_of_turn>\n"),
-    "llava-1.5": ("", " "),
+    "llava-1.5": ("", "</s>"),
 }
-LLAVA_SPACE = pytest.mark.xfail(
-    strict=True,
-    reason="llava-hf/llava-1.5-7b-hf's template marks the space after a reply, which the tokenizer merges into the "
-    "next turn's ' USER' header, so that header is trained",
-)
-LLAVA_NO_EOS = pytest.mark.xfail(
-    strict=True,
-    reason="llava-hf/llava-1.5-7b-hf's template renders no </s> after a reply: the model is never trained to stop",
-)
+# llava-hf's LLaVA-1.5 template closes no turn with a token (it renders `reply `, so a model trained on it never
+# learns to stop, and its marked space merges into the next ' USER' header): the recipe trains with
+# recipes/templates/llava-1.5.jinja, which ends each reply with </s> as the original LLaVA-1.5 training did.
+RECIPE_END_OF_TURN = {"llava-1.5": "</s>"}
 
 
 def image_chat(image: str) -> dict:
@@ -61,11 +56,7 @@ def _spans(trainer, batch) -> list[str]:
     return trained_spans(tokenizer, batch["input_ids"][0].tolist(), batch["labels"][0].tolist())
 
 
-def marked(mark) -> list:
-    return [pytest.param(name, marks=mark) if name == "llava-1.5" else name for name in VLM_FAMILIES]
-
-
-@pytest.mark.parametrize("name", marked(LLAVA_SPACE))
+@pytest.mark.parametrize("name", VLM_FAMILIES)
 def test_trained_tokens_are_exactly_the_replies_and_their_end_of_turn(name, batches):
     trainer, batch, _ = batches[name]
     image_id = trainer.processing_class.tokenizer.convert_tokens_to_ids(chat_family(name).named_tokens["image_token"])
@@ -74,13 +65,13 @@ def test_trained_tokens_are_exactly_the_replies_and_their_end_of_turn(name, batc
     assert _spans(trainer, batch) == [before + reply + after for reply in REPLIES]
 
 
-@pytest.mark.parametrize("name", marked(LLAVA_NO_EOS))
+@pytest.mark.parametrize("name", VLM_FAMILIES)
 def test_the_end_of_turn_token_closing_each_reply_is_trained_and_generation_stops_at_it(name, batches):
     from trl.chat_template_utils import is_chat_template_stop_token_trained
 
     trainer, batch, model_dir = batches[name]
     processor = trainer.processing_class
-    end_of_turn = chat_family(name).end_of_turn
+    end_of_turn = RECIPE_END_OF_TURN.get(name, chat_family(name).end_of_turn)
     assert end_of_turn is not None, "the template closes no turn with a token"
     end = processor.tokenizer.convert_tokens_to_ids(end_of_turn)
     ids, labels = batch["input_ids"][0], batch["labels"][0]
@@ -89,17 +80,40 @@ def test_the_end_of_turn_token_closing_each_reply_is_trained_and_generation_stop
     assert is_chat_template_stop_token_trained(processor, trainer.chat_template)
 
 
-def test_llava_renders_no_end_of_sequence_after_a_reply(batches):
+def test_llava_trains_with_its_recipe_template_which_ends_each_reply_with_eos(batches):
     trainer, batch, _ = batches["llava-1.5"]
     tokenizer = trainer.processing_class.tokenizer
-    assert tokenizer.eos_token_id not in batch["input_ids"][0].tolist()
-    assert tokenizer.decode(batch["input_ids"][0]).endswith("ASSISTANT: A square. ")
+    ids = batch["input_ids"][0].tolist()
+    assert ids.count(tokenizer.eos_token_id) == len(REPLIES)
+    assert tokenizer.decode(ids).endswith("ASSISTANT: A square.</s>")
 
 
-@pytest.mark.parametrize("name", VLM_FAMILIES)
-def test_the_template_trl_trains_with_renders_like_the_models_own(name, batches):
-    processor = batches[name][0].processing_class
+def conversations_with_an_image() -> list:
     image_turn = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},)
     with_image = image_turn + ({"role": "assistant", "content": "Red."}, {"role": "user", "content": "Shape?"})
-    conversations = [*SAMPLE_CONVERSATIONS, (*with_image, {"role": "assistant", "content": "Square."})]
-    assert render_differences(processor, trl_training_template(processor), conversations) == []
+    return [*SAMPLE_CONVERSATIONS, (*with_image, {"role": "assistant", "content": "Square."})]
+
+
+@pytest.mark.parametrize("name", [name for name in VLM_FAMILIES if name not in RECIPE_END_OF_TURN])
+def test_the_template_trl_trains_with_renders_like_the_models_own(name, batches):
+    processor = batches[name][0].processing_class
+    assert render_differences(processor, trl_training_template(processor), conversations_with_an_image()) == []
+
+
+def test_llavas_recipe_template_differs_from_the_shipped_one_only_by_eos_after_each_reply(batches):
+    """The knowing difference of recipes/templates/llava-1.5.jinja: `reply</s>` where llava-hf renders `reply `."""
+    processor = batches["llava-1.5"][0].processing_class
+    shipped, ours = chat_family("llava-1.5").chat_template, trl_training_template(processor)
+    conversations = conversations_with_an_image()
+    differences = render_differences(processor, ours, conversations, inference_template=shipped)
+    assert len(differences) == len(conversations)
+    for difference in differences:
+        assert difference.training.startswith("</s>") and difference.inference.startswith(" ")
+    for messages in conversations:
+        typed = [
+            {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str) else m
+            for m in messages
+        ]
+        inference = processor.apply_chat_template(typed, chat_template=shipped, tokenize=False)
+        training = processor.apply_chat_template(typed, chat_template=ours, tokenize=False)
+        assert training.replace("</s>", " ") == inference

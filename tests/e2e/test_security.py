@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.validate_runs import BASE, fill, run_validate, write_recipe
+from helpers.bad_inputs import BASE, fill, run_validate, write_recipe
 
 from sft_recipes.topology import Topology
 

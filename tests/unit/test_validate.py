@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.validate_runs import BAD, BASE, fill, no_flash_attn, run_validate, tree, write_recipe
+from helpers.bad_inputs import BAD, BASE, fill, run_validate, tree, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,11 @@ WARNINGS = [
         ["compute dtype resolves to float32", "QLoRA computes in fp32"],
         id="auto-dtype-with-4bit",
     ),
-    pytest.param({"max_length": 12}, ["longer than max_length 12", "will be cut"], id="truncation"),
+    pytest.param(
+        {"max_length": 12},
+        ["longer than max_length 12", "drops the rest, EOS included", "packing_strategy: bfd_split"],
+        id="truncation",
+    ),
     pytest.param({"model_init_kwargs": {"device_map": {"": 0}}}, ["device_map is ignored"], id="device-map-ignored"),
     pytest.param(
         {"model_name_or_path": "{base}"},
@@ -170,6 +174,8 @@ def test_explicit_bf16_on_a_machine_without_gpu_is_a_warning_stating_cpu(tmp_pat
 
 
 def test_missing_flash_attn_falls_back_to_sdpa_and_says_so(tmp_path, places, capsys, monkeypatch):
+    from helpers.bad_inputs import no_flash_attn
+
     no_flash_attn(tmp_path, monkeypatch, places)
     recipe = write_recipe(tmp_path, places, {"attn_implementation": "flash_attention_2"})
     code, out, err = run_validate(capsys, monkeypatch, recipe)
