@@ -10,9 +10,9 @@ from helpers.prepared import write_rows
 from helpers.runs import train
 
 MAX_NEW_TOKENS = 40
-FAMILIES = ("qwen3", "llama-3.1", "mistral-v0.3", "gemma-2", "phi-3.5")
-# Gemma 2's tiny model (embeddings scaled by sqrt(hidden), soft-capped logits) learns slower at 1e-2.
-LEARNING_RATES = {"gemma-2": 3.0e-2}
+FAMILIES = ("qwen2.5", "qwen3", "llama-3.1", "mistral-v0.3", "gemma-2", "gemma-3", "smollm2", "phi-3.5")
+# Gemma's tiny models (embeddings scaled by sqrt(hidden); Gemma 2's logits soft-capped) learn slower at 1e-2.
+LEARNING_RATES = {"gemma-2": 3.0e-2, "gemma-3": 3.0e-2}
 
 
 def generations(model_dir, name):
