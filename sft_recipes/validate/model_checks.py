@@ -174,10 +174,10 @@ def _check_lora(v: Validation, model: Any) -> None:
         lora = build_lora_config(m, model, v.kind or "causal_lm")
     except (TypeError, ValueError) as err:
         message = str(err).splitlines()[0]
-        named = [
+        keys = [
             k for f, k in LORA_FIELDS.items() if f"`{f}`" in message or "_" in f and f.replace("_", " ") in message
         ]
-        key = named[0] if named else None
+        key = keys[0] if keys else None
         v.add(v.key(key or "use_peft"), f"PEFT refuses the LoRA config: {message}", f"fix {key or 'the LoRA keys'}")
         return
     assert lora is not None
@@ -199,4 +199,5 @@ def _check_lora(v: Validation, model: Any) -> None:
     named = lora.target_modules or []
     targets = named if isinstance(named, str) else ", ".join(sorted(named))
     v.summary["LoRA"] = f"r={m.lora_r}, alpha={m.lora_alpha} on {layers} layers ({targets})"
-    v.summary["trainable"] = f"{v.trainable:,} of {v.params:,} parameters ({100 * v.trainable / v.params:.2f}%)"
+    params = v.params or sum(p.numel() for p in model.parameters())
+    v.summary["trainable"] = f"{v.trainable:,} of {params:,} parameters ({100 * v.trainable / params:.2f}%)"
