@@ -2,7 +2,7 @@
 in recipes/ (no hub), full / LoRA / QLoRA on 2048-4096-token rows through `sft-recipes train`: tokens/s per GPU, MFU,
 peak memory, and sft_recipes.plan's prediction for the same run. Needs one CUDA GPU; --dry-run checks it all on CPU.
 
-Usage: python benchmarks/gpu_throughput.py [--cases NAME,...] [--steps 30] [--workdir DIR]
+Usage: python benchmarks/gpu_throughput.py [--cases NAME,...] [--steps 30] [--workdir DIR] [--budget_s S]
        python benchmarks/gpu_throughput.py --dry-run        (CPU, tiny scale; prints, writes no results)
 """
 
@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -216,12 +217,17 @@ def run_case(case: Case, workdir: Path, steps: int, dry: bool) -> dict:
     return result
 
 
-def child(argv: list[str], workdir: Path, timeout: int = 3600) -> dict:
+def child(argv: list[str], workdir: Path, timeout: float = 3600) -> dict:
     """Run this script again with `argv` in a fresh process; its JSON result."""
     out = workdir / "case.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, *argv, "--workdir", str(workdir), "--out", str(out)]
-    proc = subprocess.run(cmd, env=offline_env(), cwd=ROOT, timeout=timeout, capture_output=True, text=True)
+    if timeout <= 0:
+        return {"skipped": "not started: the time budget ran out"}
+    try:
+        proc = subprocess.run(cmd, env=offline_env(), cwd=ROOT, timeout=timeout, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {timeout:.0f} s: the time budget ran out"}
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
     return json.loads(out.read_text())
@@ -256,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workdir", help="where models and data go (default: a temporary directory)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny scale: every case's setup, plan and 2 steps")
+    parser.add_argument("--budget_s", type=float, help="start nothing after S seconds; kill a case outlasting them")
     parser.add_argument("--build", help=argparse.SUPPRESS)  # internal: build one shape's model
     parser.add_argument("--run-case", help=argparse.SUPPRESS)  # internal: run one case
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -284,17 +291,22 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [c for c in chosen if c.name in wanted]
     steps = 2 if args.dry_run else args.steps
     info = machine()
+    deadline = time.monotonic() + (args.budget_s if args.budget_s is not None else float("inf"))
+
+    def left() -> float:  # what a child may take: an hour at most, and what the budget leaves
+        return min(3600.0, deadline - time.monotonic())
+
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as tmp:
         workdir = Path(tmp)
         flags = ["--dry-run"] if args.dry_run else []
         results = []
         for shape in dict.fromkeys(c.shape for c in chosen):
-            built = child(["--build", shape, *flags], workdir)
+            built = child(["--build", shape, *flags], workdir, left())
             if "error" in built:
                 results.append({"shape": shape, **built})
         for case in chosen:
             results.append(
-                {"case": case.name} | child(["--run-case", case.name, "--steps", str(steps), *flags], workdir)
+                {"case": case.name} | child(["--run-case", case.name, "--steps", str(steps), *flags], workdir, left())
             )
             print(json.dumps(results[-1]), file=sys.stderr)
     data = {

@@ -1,8 +1,10 @@
 """How close `sft-recipes plan` comes to measured peak memory: trains random-init llama shapes for a few steps.
 
-Usage: python benchmarks/plan_accuracy.py [--device cpu|cuda] [--only NAME]
+Usage: python benchmarks/plan_accuracy.py [--device cpu|cuda] [--only NAME] [--quick] [--budget_s S] [--dry-run]
 CPU (default, < 10 min): fp32, peak RSS of a fresh process per case (VmHWM, reset after the model is built).
 CUDA: bf16 at real sizes, torch.cuda.max_memory_allocated against the plan less CUDA context and fragmentation.
+--quick: the cases `make gpu-check` runs (4096-token rows, every method without checkpointing, full with it).
+--dry-run: each method of the chosen grid once on a CPU-sized model, 1 step; prints, writes no results.
 Prints one JSON line per case and writes benchmarks/results/plan_accuracy_{cpu,cuda}.json.
 """
 
@@ -80,6 +82,22 @@ def cases(device: str) -> list[dict]:
          "model": m, "method": method, "seq": seq, "batch": batch, "ckpt": ckpt, "attn": attn, "device": device}
         for m, method, seq, batch, ckpt, attn in grid
     ]  # fmt: skip
+
+
+def quick(grid: list[dict]) -> list[dict]:
+    """The few cases a time-boxed GPU check runs, the ones without checkpointing first: those calibrate the plan that
+    sft_recipes.train turns activation checkpointing off on."""
+    chosen = [c for c in grid if c["seq"] == max(g["seq"] for g in grid) and (not c["ckpt"] or c["method"] == "full")]
+    return sorted(chosen, key=lambda c: c["ckpt"])
+
+
+def dry(grid: list[dict]) -> list[dict]:
+    """Each method of `grid` once, shrunk to the smallest CPU model, 64 tokens, one row: every code path, fast."""
+    first: dict[str, dict] = {}
+    for case in grid:
+        first.setdefault(case["method"], case)
+    tiny = {"model": "7M", "seq": 64, "batch": 1, "device": "cpu"}
+    return [case | tiny | {"name": f"dry-{case['name']}"} for case in first.values()]
 
 
 def plan_input(case: dict) -> PlanInput:
@@ -189,14 +207,16 @@ def measure(case: dict, steps: int = 2) -> dict:
     return {"measured_bytes": peak, "after_load_bytes": start_bytes, "seconds": round(seconds, 1)}
 
 
-def run(case: dict) -> dict:
+def run(case: dict, steps: int = 2, timeout: float | None = None) -> dict:
     """One case in a fresh process, so that peaks do not leak between cases."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     # Big blocks through mmap, so freed tensors leave the RSS as they leave torch (glibc would keep them)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(case)], env=env, capture_output=True, text=True, check=False
-    )
+    command = [sys.executable, __file__, "--child", json.dumps(case | {"steps": steps})]
+    try:
+        child = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {timeout:.0f} s: the time budget ran out"}
     if child.returncode != 0:
         return {"error": child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "failed"}
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -206,18 +226,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--quick", action="store_true", help="only the cases `make gpu-check` runs")
+    parser.add_argument(
+        "--budget_s", type=float, help="start no case after this many seconds; kill one that outlasts it"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="each method once on a CPU-sized model; writes nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
+        case = json.loads(args.child)
+        print(json.dumps(measure(case, case.pop("steps"))))
         return 0
+    grid = [c for c in cases(args.device) if not args.only or args.only in c["name"]]
+    grid = quick(grid) if args.quick else grid
+    grid = dry(grid) if args.dry_run else grid
+    started = time.monotonic()
     rows = []
-    for case in cases(args.device):
-        if args.only and args.only not in case["name"]:
+    for case in grid:
+        left = None if args.budget_s is None else args.budget_s - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            rows.append({"case": case["name"], "skipped": "not started: the time budget ran out"})
             continue
         plan = estimate(plan_input(case))
         predicted = plan.allocated
-        result = run(case)
+        result = run(case, steps=1 if args.dry_run else 2, timeout=left)
         row = {"case": case["name"], "predicted_bytes": predicted, "peak_phase": plan.peak_phase, **result}
         if "measured_bytes" in result:
             row["ratio"] = round(predicted / result["measured_bytes"], 3)
@@ -234,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         "max_ratio": max(ratios, default=None),
         "mean_abs_error": round(sum(abs(x - 1) for x in ratios) / len(ratios), 3) if ratios else None,
     }
+    if args.device == "cuda" and not args.dry_run:
+        import torch
+
+        summary["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(summary))
+    if args.dry_run:
+        return 1 if any("error" in r for r in rows) else 0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"plan_accuracy_{args.device}.json").write_text(
         json.dumps({"summary": summary, "rows": rows}, indent=1)

@@ -1,4 +1,4 @@
-"""Command-line conventions every command shares: its own argparse parser, and the recipe options.
+"""Command-line conventions every command shares: its own argparse parser, the recipe options, what goes to stdout.
 
 A command module holds `build_parser()` (cheap: no torch, transformers or TRL at import) and `main(argv)`.
 """
@@ -6,7 +6,10 @@ A command module holds `build_parser()` (cheap: no torch, transformers or TRL at
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 import typing
+import warnings
 
 from sft_recipes.errors import Problem, RecipeError
 
@@ -87,3 +90,22 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--machine_rank", type=int, help="this machine's rank")
     group.add_argument("--main_process_ip", help="the rank-0 machine's address")
     group.add_argument("--main_process_port", type=int, help="the rank-0 machine's port")
+
+
+def configure_logging(debug: bool) -> None:
+    """Our logs at INFO (DEBUG with --debug), known library noise quiet, and stdout left to the command's output."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="[%(name)s] %(message)s")
+    # TRL's own default (gradient_checkpointing=True) trips transformers' rename warning on every run.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*Failed to load CPU gemm_4bit_forward.*")
+    # bitsandbytes logs that it found no Hub kernel for CPU 4-bit matmuls; its own kernels then run, so say nothing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # accelerate imports DeepSpeed whenever it is installed (extract_model_from_parallel, on every SFTTrainer), and
+    # DeepSpeed's logger writes to stdout ("Setting accelerator to CPU" on import). A logger filter outlives the
+    # handler DeepSpeed adds at import, so its records reach stderr only and `--format json` stays parseable.
+    logging.getLogger("DeepSpeed").addFilter(_to_stderr)
+
+
+def _to_stderr(record: logging.LogRecord) -> bool:
+    print(f"[DeepSpeed] {record.getMessage()}", file=sys.stderr)
+    return False

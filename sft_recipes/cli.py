@@ -6,9 +6,7 @@ Usage: sft-recipes [--debug] <command> [args]
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-import warnings
 
 # command -> the module that owns it: its docstring's first line is the summary, build_parser() its help, main() it.
 COMMANDS = {
@@ -18,7 +16,9 @@ COMMANDS = {
     "plan": "sft_recipes.plan.command",
     "merge": "sft_recipes.merge",
     "report": "sft_recipes.report",
+    "preprocess": "sft_recipes.preprocess",
     "chat": "sft_recipes.chat",
+    "eval": "sft_recipes.evaluation.command",
     "env": "sft_recipes.environment",
     "migrate": "sft_recipes.migrate.command",
 }
@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         print(module.build_parser().format_help())
         return 0
-    configure_logging(debug)
+    from sft_recipes.arguments import configure_logging
     from sft_recipes.errors import RecipeError
+
+    configure_logging(debug)
 
     try:
         return module.main(rest)
@@ -65,15 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def configure_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="[%(name)s] %(message)s")
-    # TRL's own default (gradient_checkpointing=True) trips transformers' rename warning on every run.
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*Failed to load CPU gemm_4bit_forward.*")
-    # bitsandbytes logs that it found no Hub kernel for CPU 4-bit matmuls; its own kernels then run, so say nothing.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

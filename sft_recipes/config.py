@@ -90,8 +90,19 @@ class ScriptArguments(trl.ScriptArguments):
     dataset_format: str = field(
         default="auto",
         metadata={
-            "help": "Format of the rows: auto-detected from the columns, or forced.",
-            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca"],
+            "help": "Format of the rows: auto-detected from the columns, or forced. Rows with a boolean `label` "
+            "column (KTO-style) are trained only where it is true: label: false rows are bad answers, so they are "
+            "excluded and their count is logged.",
+            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference"],
+        },
+    )
+    preference_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference data ('chosen' and 'rejected' columns) is not SFT data and is refused. Set `chosen` "
+            "to train on the chosen answers as prompt-completion (the rejected ones are dropped); to learn from "
+            "both, use a preference trainer (trl's DPOTrainer).",
+            "choices": ["chosen"],
         },
     )
     merge_adapter: bool = field(
@@ -99,6 +110,14 @@ class ScriptArguments(trl.ScriptArguments):
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train again into an output_dir that already holds a finished run."}
+    )
+    prepared: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder `sft-recipes preprocess --out` wrote: train on its rows as they are (no rank reads or "
+            "tokenizes the raw data), once the recipe is checked to give the same fingerprint (data keys, tokenizer, "
+            "chat template, max_length, packing, masks)."
+        },
     )
 
 
@@ -117,6 +136,7 @@ class Recipe:
     explicit: set[str] = field(default_factory=set)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the command line after --config, as given
 
 
 class _Parser(trl.TrlParser):
@@ -258,6 +278,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         path = args[index + 1]
         del args[index : index + 2]
         config = load_yaml(path)
+    overrides = list(args)
 
     hints = field_types()
     lines = _yaml_lines(path) if path else {}
@@ -266,18 +287,10 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         return f"{path}:{lines[key]} ({key})" if key in lines else key
 
     env = config.pop("env", None) or {}
-    problems: list[Problem] = []
+    problems = _key_problems(config, args, hints, where)
     if not isinstance(env, dict):
-        problems.append(Problem(where("env"), "`env` must be a mapping of VARIABLE: value"))
+        problems.insert(0, Problem(where("env"), "`env` must be a mapping of VARIABLE: value"))
         env = {}
-    for key in config:
-        if key not in hints:
-            problems.append(Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints, config[key])))
-    for arg in _explicit_cli_keys(args):
-        if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
-            problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
-    type_problems = check_types({k: v for k, v in config.items() if k in hints}, hints, where)
-    problems += type_problems
     errors = [p for p in problems if p.severity == "error"]
     if errors and not keep_going:
         raise RecipeError(errors)
@@ -291,27 +304,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     if "use_cpu" not in explicit and not _has_accelerator():
         defaults["use_cpu"] = True  # no accelerator here: train on CPU instead of failing in TrainingArguments
 
-    parser = _parser()
-    parser.set_defaults_with_config(**defaults, **config)
-    try:
-        script, training, model, mixture = parser.parse_args_into_dataclasses(args=args)
-    except RecipeError:
-        raise
-    except (ValueError, TypeError) as err:
-        if "support bf16" in str(err):  # transformers' message names no fix; bf16 is on by default in TRL
-            raise RecipeError(
-                Problem(
-                    where("bf16"),
-                    "bf16 needs a GPU with bfloat16 support and this machine has none (use_cpu is false)",
-                    "on GPUs without bf16 (T4, V100) set bf16: false and fp16: true; to train on CPU, use_cpu: true",
-                )
-            ) from None
-        culprits = _culprits(config, args, defaults)
-        names = [k.removeprefix("--") for k in culprits]
-        fix = f"fix {' or '.join(f'`{k}`' for k in names)}" if names else "fix the value named above"
-        where_ = ", ".join(where(k) for k in culprits) or path or "command line"
-        raise RecipeError(Problem(where_, str(err), fix)) from None
-
+    script, training, model, mixture = _dataclasses(config, args, defaults, where, path)
     resolved = {
         key: _plain(getattr(obj, key))
         for key in sorted(explicit)
@@ -336,7 +329,53 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
         explicit,
         resolved,
         problems if keep_going else [p for p in problems if p.severity == "warning"],
+        overrides,
     )
+
+
+def _key_problems(
+    config: dict[str, Any], args: list[str], hints: dict[str, Any], where: typing.Callable[[str], str]
+) -> list[Problem]:
+    """Unknown keys and flags (with the renamed-key or did-you-mean hint) and wrongly typed YAML values."""
+    problems = [
+        Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints, config[key]))
+        for key in config
+        if key not in hints
+    ]
+    for arg in _explicit_cli_keys(args):
+        if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
+            problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
+    return problems + check_types({k: v for k, v in config.items() if k in hints}, hints, where)
+
+
+def _dataclasses(
+    config: dict[str, Any],
+    args: list[str],
+    defaults: dict[str, Any],
+    where: typing.Callable[[str], str],
+    path: str | None,
+) -> tuple[Any, Any, Any, Any]:
+    """(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig), their __post_init__ errors named by key."""
+    parser = _parser()
+    parser.set_defaults_with_config(**defaults, **config)
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=args))  # type: ignore[return-value]
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:
+        if "support bf16" in str(err):  # transformers' message names no fix; bf16 is on by default in TRL
+            raise RecipeError(
+                Problem(
+                    where("bf16"),
+                    "bf16 needs a GPU with bfloat16 support and this machine has none (use_cpu is false)",
+                    "on GPUs without bf16 (T4, V100) set bf16: false and fp16: true; to train on CPU, use_cpu: true",
+                )
+            ) from None
+        culprits = _culprits(config, args, defaults)
+        names = [k.removeprefix("--") for k in culprits]
+        fix = f"fix {' or '.join(f'`{k}`' for k in names)}" if names else "fix the value named above"
+        where_ = ", ".join(where(k) for k in culprits) or path or "command line"
+        raise RecipeError(Problem(where_, str(err), fix)) from None
 
 
 def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any]) -> list[str]:

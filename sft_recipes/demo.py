@@ -1,6 +1,6 @@
 """Offline demo: build a tiny chat model and a capitals chat set, fine-tune on CPU, compare answers before/after.
 
-Usage: python -m sft_recipes.demo [--workdir .demo] [--recipe recipes/demo/full.yaml]
+Usage: python -m sft_recipes.demo [--workdir .demo] [--recipe RECIPE.yaml]   (default: the shipped demo recipe)
 """
 
 from __future__ import annotations
@@ -9,35 +9,24 @@ import argparse
 import resource
 import time
 from pathlib import Path
-from typing import Any
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "full.yaml"
+from sft_recipes.resources import demo_recipe
 
 
 def generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-    """Greedy answers, stopping at the model's EOS (the end-of-turn token)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Greedy answers, stopping at the run's EOS ids (the end-of-turn token), as `sft-recipes chat` gives them."""
+    from sft_recipes.trained import load_trained
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    answers = []
-    for prompt in prompts:
-        inputs: Any = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        answers.append(str(answer).strip())
-    return answers
+    run = load_trained(model_dir, device="cpu")
+    return [run.reply([{"role": "user", "content": p}], max_new_tokens, do_sample=False) for p in prompts]
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from sft_recipes.cli import main as cli_main
+    from sft_recipes.arguments import configure_logging
+    from sft_recipes.errors import RecipeError
     from sft_recipes.tiny import (
         ANSWER_TEMPLATE,
         CAPITALS,
@@ -46,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         build_tokenizer,
         write_demo_dataset,
     )
+    from sft_recipes.train import main as train
 
     parser = argparse.ArgumentParser(prog="python -m sft_recipes.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=".demo", help="where the tiny model, data and run go")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
+    parser.add_argument("--recipe", default=str(demo_recipe()), help="default: the demo recipe shipped in the package")
     args = parser.parse_args(argv)
+    configure_logging(debug=False)
     console = Console()
     work = Path(args.workdir)
     model_dir, data, out = work / "model", work / "capitals.jsonl", work / "out"
@@ -60,21 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     write_demo_dataset(data, n=480)
     console.print(f"[bold]Built[/] a tiny llama in {model_dir} and 480 chat rows in {data}")
     before = generate(model_dir, list(DEMO_PROMPTS))
-    code = cli_main(
-        [
-            "train",
-            "--config",
-            args.recipe,
-            "--model_name_or_path",
-            str(model_dir),
-            "--dataset_name",
-            str(data),
-            "--output_dir",
-            str(out),
-            "--overwrite_output_dir",
-            "true",
-        ]
-    )
+    overrides = ["--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--output_dir", str(out)]
+    try:
+        code = train(["--config", args.recipe, *overrides, "--overwrite_output_dir", "true"])
+    except RecipeError as err:
+        console.print(str(err), style="red", markup=False)
+        return 2
     if code:
         return code
     after = generate(out, list(DEMO_PROMPTS))

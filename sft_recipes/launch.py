@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.topology import Topology, recipe_precision
+
+LAUNCH_ENV = "SFT_RECIPES_LAUNCH"  # the topology flags as given, for the ranks' model card to name in its command
 
 
 def launch_command(command: str, flags: dict[str, str], rest: list[str]) -> list[str] | None:
@@ -48,4 +51,5 @@ def launch_if_requested(command: str, flags: dict[str, str], rest: list[str]) ->
     if line is None:
         return None
     print("launching:", " ".join(line), file=sys.stderr, flush=True)
-    return subprocess.call(line, env=os.environ.copy())
+    given = shlex.join(arg for key, value in flags.items() for arg in (f"--{key}", value))
+    return subprocess.call(line, env={**os.environ, LAUNCH_ENV: given})

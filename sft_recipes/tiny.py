@@ -104,6 +104,11 @@ _QWEN2_PRETOKENIZE_REGEX = (
 @functools.lru_cache(maxsize=4)
 def _trained_tokenizer_json(vocab_size: int) -> str:
     # Training takes ~1 s; every tiny model shares it, so train once per process.
+    return train_byte_level_bpe(_corpus() * 4, list(SPECIAL_TOKENS), vocab_size)
+
+
+def train_byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int) -> str:
+    """A byte-level BPE tokenizer (tokenizer.json text) trained on `corpus`, with `special_tokens` first."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     # Qwen2's normalizer and pre-tokenizer: AutoTokenizer rebuilds a qwen2 checkpoint's tokenizer with
@@ -119,11 +124,11 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus() * 4, trainer=trainer)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer.to_str()
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from sft_recipes.errors import Problem, RecipeError
 
 MODES = ("single", "ddp", "zero2", "zero3", "fsdp2")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
 
 
 @dataclass(frozen=True)
@@ -118,26 +117,21 @@ def recipe_precision(training_args: Any) -> str:
     )
 
 
-def bundled_accelerate_configs() -> Path:
-    """The folder of the accelerate configs that ship with sft-recipes (zero3.yaml, fsdp2.yaml, ...)."""
-    return CONFIG_DIR
-
-
 def resolve_accelerate_config(name_or_path: str) -> Path:
-    """A bundled config by name (zero3, fsdp2, ...) or a path to one."""
+    """A shipped config by name (zero3, fsdp2, ...) or a path to one."""
+    from sft_recipes.resources import accelerate_config, accelerate_config_names
+
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         return path
-    bundled = bundled_accelerate_configs()
-    candidate = bundled / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in bundled.glob("*.yaml"))
+    shipped = accelerate_config(name_or_path)
+    if shipped is not None:
+        return shipped
     raise RecipeError(
         Problem(
             "--accelerate_config",
             f"no accelerate config {name_or_path!r}",
-            f"use one of {known} or a path to a YAML file",
+            f"use one of {accelerate_config_names()} or a path to a YAML file",
         )
     )
 

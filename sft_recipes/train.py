@@ -62,7 +62,6 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
-    from sft_recipes.data.loading import load_training_data
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.lora import build_lora_config
@@ -84,10 +83,8 @@ def run(recipe: Any) -> Any:
         logger.info("Model kind: %s (%s); distributed mode: %s", kind, config.get("model_type"), topology.mode)
         processing_class = load_processing_class(model_args, training_args, kind)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        train_dataset, eval_dataset = training_datasets(recipe)  # before the weights: a stale prepared set stops here
         model = load_model(model_args, training_args, kind, config, tokenizer, topology)
-        with training_args.main_process_first(desc="load and convert the dataset"):
-            # rank 0 builds the datasets cache, the other ranks then read it instead of converting in parallel
-            train_dataset, eval_dataset = load_training_data(script_args, recipe.mixture, training_args)
         trainer = SFTTrainer(
             model=model,
             args=training_args,
@@ -116,15 +113,42 @@ def run(recipe: Any) -> Any:
     return trainer
 
 
-# Share of the GPU a plan without activation checkpointing may fill: the planner aims at +-10% on GPUs.
-PLAN_HEADROOM = 0.9
+def training_datasets(recipe: Any) -> tuple[Any, Any]:
+    """(train, eval) for SFTTrainer. With `prepared` (sft-recipes preprocess), that set, checked against the recipe:
+    every rank memory-maps it and none reads raw data or tokenizes. Else the raw data, which rank 0 loads and
+    converts first so that the other ranks read its datasets cache instead of converting in parallel."""
+    if recipe.script.prepared:
+        from sft_recipes.preprocess import prepared_datasets
+
+        return prepared_datasets(recipe)
+    from sft_recipes.data.loading import load_training_data
+
+    with recipe.training.main_process_first(desc="load and convert the dataset"):
+        return load_training_data(recipe.script, recipe.mixture, recipe.training)
+
+
+# Share of the GPU a plan without activation checkpointing may fill. The planner aims at +-10%, but it has been
+# measured on CPU only: until benchmarks/plan_accuracy.py --device cuda has measured it on a GPU, turning checkpointing
+# off is a bet on an uncalibrated formula, and an OOM after a long download is the failure preflight exists to prevent.
+UNCALIBRATED_HEADROOM = 0.7
+CALIBRATED_HEADROOM = 0.9
+# The lowest predicted/measured ratio in benchmarks/results/plan_accuracy_cuda.json once it is committed (`make
+# gpu-check` prints it; tests/unit/test_fast_defaults.py holds the two together). None: not GPU-calibrated yet.
+GPU_PLAN_RATIO: float | None = None
+
+
+def plan_headroom() -> tuple[float, str]:
+    """The share of the GPU a plan without checkpointing may fill, and on what evidence."""
+    if GPU_PLAN_RATIO is None:
+        return UNCALIBRATED_HEADROOM, "the memory plan is not calibrated on a GPU yet"
+    return CALIBRATED_HEADROOM * min(1.0, GPU_PLAN_RATIO), f"GPU-calibrated plan, worst ratio {GPU_PLAN_RATIO:g}"
 
 
 def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
     A value in the recipe or on the command line always wins. Attention is chosen at load time
     (sft_recipes.model.attention.best_attn_implementation); packing is a recipe key, set where
-    tests/test_packing.py proves packed == padded."""
+    tests/contracts/test_packing.py proves packed == padded."""
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib
 
@@ -174,7 +198,7 @@ def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
 
 def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[bool, str]:
     """Activation checkpointing for a recipe that leaves it unset, and why: off when the plan without it fits in
-    PLAN_HEADROOM of the GPU (it recomputes every layer's forward: ~20-30% slower), else on. Without a GPU to check
+    plan_headroom() of the GPU (it recomputes every layer's forward: ~20-30% slower), else on. Without a GPU to check
     against, TRL's default (on) stands."""
     from dataclasses import replace
 
@@ -184,14 +208,17 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
     if gpu_memory_gib is None:
         return True, "no GPU to check the memory plan against (TRL's default)"
     need = estimate(replace(plan.input, gradient_checkpointing=False)).total / GiB
-    if need <= PLAN_HEADROOM * gpu_memory_gib:
-        return False, f"the plan fits without it ({need:.1f} of {gpu_memory_gib:.0f} GiB)"
-    return True, f"the plan needs it ({need:.1f} GiB without it > {PLAN_HEADROOM:.0%} of {gpu_memory_gib:.0f} GiB)"
+    headroom, basis = plan_headroom()
+    limit = f"{headroom:.0%} of {gpu_memory_gib:.0f} GiB; {basis}"
+    if need <= headroom * gpu_memory_gib:
+        return False, f"the plan fits without it ({need:.1f} GiB <= {limit})"
+    return True, f"the plan needs it ({need:.1f} GiB without it > {limit})"
 
 
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
-    EOS id and no pad among them, the resolved recipe and a run summary."""
+    EOS id and no pad among them, an adapter's base config where training changed it, the resolved recipe and a
+    run summary."""
     from transformers import GenerationConfig
 
     from sft_recipes.run_dir import run_summary, write_run_record
@@ -211,7 +238,14 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     save_generation_config(out, generation, tokenizer)
     if recipe.raw.get("attn_implementation") in (None, "auto"):
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    if recipe.model.use_peft:
+        from sft_recipes.model.loading import record_base_config
+
+        record_base_config(out, recipe.model, recipe.training)  # the adapter's base as trained (RoPE scaling)
     write_run_record(output_dir, recipe.raw, run_summary(trainer, result, seconds))
+    from sft_recipes.card import write_model_card
+
+    write_model_card(out, trainer, recipe)  # last: the card reads the run summary written above
 
 
 def save_generation_config(out: Path, generation: Any, tokenizer: Any) -> None:

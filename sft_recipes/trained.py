@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, detect_model_kind, resolve_dtype, text_config
-from sft_recipes.model.loading import embedding_rows
-from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
-from sft_recipes.topology import Topology
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, text_config
+from sft_recipes.model.rope import BASE_CONFIG
 
 logger = logging.getLogger("sft_recipes")
 
@@ -43,6 +41,7 @@ class RunLayout:
     recipe: dict[str, Any] = field(default_factory=dict)  # the recipe.yaml train wrote ({} for a plain model)
     recipe_path: Path | None = None
     generation_dir: Path | None = None  # where generation_config.json comes from
+    base_config: Path | None = None  # an adapter's base config as training changed it (RoPE scaling), if it did
 
     @property
     def quantization(self) -> str | None:
@@ -87,8 +86,11 @@ class TrainedRun:
     def context_length(self) -> int | None:
         return text_config(self.layout.config).get("max_position_embeddings")
 
-    def encode(self, messages: list[dict[str, Any]]) -> Any:
-        """The chat template applied to `messages` with the assistant prompt, as model inputs on the model's device."""
+    def encode(self, messages: list[dict[str, Any]] | str) -> Any:
+        """The chat template applied to `messages` with the assistant prompt, as model inputs on the model's device;
+        a plain-text prompt (prompt-completion rows) is tokenized as it is, as TRL tokenizes it."""
+        if isinstance(messages, str):
+            return self.processing_class(text=messages, return_tensors="pt").to(self.model.device)
         if getattr(self.processing_class, "chat_template", None) is None:
             raise RecipeError(
                 Problem(
@@ -106,7 +108,7 @@ class TrainedRun:
         return inputs
 
     def generate_ids(
-        self, messages: list[dict[str, Any]], max_new_tokens: int = 256, streamer: Any = None, **overrides: Any
+        self, messages: list[dict[str, Any]] | str, max_new_tokens: int = 256, streamer: Any = None, **overrides: Any
     ) -> list[int]:
         """The new token ids of one reply, with the run's generation config (`overrides` win, e.g. do_sample=False);
         generation ends at any of eos_token_ids."""
@@ -121,7 +123,7 @@ class TrainedRun:
             output = self.model.generate(**inputs, generation_config=generation, streamer=streamer)
         return output[0, inputs["input_ids"].shape[1] :].tolist()
 
-    def reply(self, messages: list[dict[str, Any]], max_new_tokens: int = 256, **kwargs: Any) -> str:
+    def reply(self, messages: list[dict[str, Any]] | str, max_new_tokens: int = 256, **kwargs: Any) -> str:
         """The assistant's answer to `messages`, without special tokens."""
         ids = self.generate_ids(messages, max_new_tokens, **kwargs)
         return str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
@@ -142,6 +144,7 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     recipe_path = next((p for p in _run_files(path, "recipe.yaml", is_checkpoint)), None)
     recipe = _read_recipe(recipe_path) if recipe_path else {}
     generation_dir = next((p.parent for p in _run_files(path, "generation_config.json", is_checkpoint)), None)
+    base_config = next(iter(_run_files(path, BASE_CONFIG, is_checkpoint)), None)
     if (path / "adapter_config.json").is_file():
         adapter = json.loads((path / "adapter_config.json").read_text())
         overridden = base is not None
@@ -162,7 +165,9 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     else:
         raise RecipeError(Problem(str(path), _not_a_run(path), RUN_FIX))
     kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
-    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
+    if weights != "adapter":
+        base_config = None
+    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir, base_config)
 
 
 def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
@@ -229,7 +234,7 @@ def load_trained(
     model: Any
     try:
         if layout.weights == "adapter":
-            model = _load_adapter(layout, auto_class, dtype, device, common)
+            model = _load_adapter(layout, dtype, device)
         else:
             model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common)
             model = model.to(device)
@@ -274,51 +279,17 @@ def _load_processing_class(layout: RunLayout) -> Any:
     return processing_class
 
 
-def _load_adapter(layout: RunLayout, auto_class: Any, dtype: str | None, device: str, common: dict[str, Any]) -> Any:
-    """The base loaded as it was trained (dtype, 4/8-bit), grown to the adapter's vocabulary, with the adapter on."""
-    from dataclasses import fields
-    from types import SimpleNamespace
+def _load_adapter(layout: RunLayout, dtype: str | None, device: str) -> Any:
+    """The base loaded as it was trained (model.adapter: the run's recipe through the loader), adapter on."""
+    import torch
 
-    from peft import PeftModel
+    from sft_recipes.model.adapter import load_trained_model
 
-    from sft_recipes.config import ModelConfig
-
-    keys = {f.name for f in fields(ModelConfig) if f.init}
-    model_args = ModelConfig(**{k: v for k, v in layout.recipe.items() if k in keys})
-    # SFTConfig's own default: bf16 unless fp16.
-    precision = SimpleNamespace(
-        bf16=layout.recipe.get("bf16", not layout.recipe.get("fp16", False)), fp16=layout.recipe.get("fp16", False)
-    )
-    quantization = build_quantization_config(model_args, compute_dtype(precision), Topology())
-    torch_dtype = resolve_dtype(dtype or model_args.dtype, precision, layout.config)
-    model = auto_class.from_pretrained(
-        layout.base,
-        revision=layout.recipe.get("model_revision"),
-        dtype=torch_dtype,
-        quantization_config=quantization,
-        device_map=get_kbit_device_map(Topology()) if quantization is not None else None,
-        **common,
-    )
-    if quantization is None:
-        model = model.to(device)
-    vocab = adapter_vocab_size(layout.path)
-    if vocab and vocab != embedding_rows(model):
-        model.resize_token_embeddings(vocab)
-    return PeftModel.from_pretrained(model, str(layout.path))
-
-
-def adapter_vocab_size(adapter: Path) -> int | None:
-    """The embedding rows the adapter was trained with, when training resized them (it then saves embed_tokens)."""
-    from safetensors import safe_open
-
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        return None
-    with safe_open(str(weights), "pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
-    return None
+    trained = load_trained_model(layout.path, layout.base, dtype, layout.recipe_path)
+    model = trained.model
+    if trained.base_weights != "unquantized":
+        return model  # bitsandbytes layers stay where the loader placed them
+    return model.to(device, dtype=getattr(torch, dtype) if dtype and dtype != "auto" else None)
 
 
 def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:

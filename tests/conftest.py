@@ -1,4 +1,8 @@
-"""Session fixtures: tiny tokenizer, causal LMs, VLMs and demo data built offline into tmp dirs (sft_recipes.tiny)."""
+"""Session fixtures: tiny tokenizer, causal LMs, VLMs and demo data built offline into tmp dirs (sft_recipes.tiny).
+
+Tests by kind: unit/ (pure functions, parsers, planners), contracts/ (upstream behaviour we rely on: masks,
+packing, chat templates, TRL/transformers/PEFT), repo/ (the files of the repository), e2e/ (runs of the commands).
+What test modules share lives in helpers/ (`from helpers.runs import train`); no test module imports another."""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from sft_recipes.tiny import CAUSAL_FAMILIES, VLM_FAMILIES
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+# Session runs trained on first use (demo_run_dir, lora_run_dir, ...); tests/ is on sys.path (pyproject: pythonpath).
+pytest_plugins = ["helpers.trained_runs"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,1 +1,2 @@
-"""The data layer: training data loaded from files, hub ids and mixtures, and converted row by row for SFTTrainer."""
+"""The data layer: training data from files, hub ids, mixtures or a prepared set, converted row by row for
+SFTTrainer (formats, tool calls, images, preference rows)."""

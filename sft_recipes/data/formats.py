@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from sft_recipes.data.preference import (
+    LABEL,
+    PREFERENCE_CHOICES,
+    chosen_as_prompt_completion,
+    is_preference,
+    refusal,
+    without_rejected_labels,
+)
 from sft_recipes.data.rows import FORMATS, convert_row, is_conversational, row_issues
+from sft_recipes.data.tool_calls import FUNCTION_CALL_ROLES
 from sft_recipes.errors import Problem, RecipeError, error
 
 if TYPE_CHECKING:
@@ -14,15 +23,20 @@ if TYPE_CHECKING:
 EXTRA_COLUMNS = ("tools", "images", "chat_template_kwargs")  # passed through to TRL when present
 
 _FORMAT_HELP = (
-    "the format comes from the columns: 'prompt'+'completion', 'messages', 'conversations' (ShareGPT), "
-    "'instruction'+'output' (Alpaca) or the text field (dataset_text_field); set dataset_format, "
-    "dataset_text_field, or pick columns with a `datasets:` entry's `columns`"
+    "the format comes from the columns: 'chosen'+'rejected' (preference), 'prompt'+'completion', 'messages', "
+    "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca) or the text field (dataset_text_field); set "
+    "dataset_format, dataset_text_field, or pick columns with a `datasets:` entry's `columns`"
 )
 
 
 def detect_format(column_names, text_field: str = "text", source: str = "dataset") -> str:
-    """The data format named by the columns, in TRL's precedence (prompt-completion before messages)."""
+    """The data format named by the columns, in TRL's precedence (preference, then prompt-completion, then messages).
+
+    Preference pairs come first: their prompt may sit in a 'prompt', 'messages' or 'conversations' column too.
+    """
     cols = set(column_names)
+    if is_preference(cols):
+        return "preference"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     if "messages" in cols:
@@ -37,14 +51,21 @@ def detect_format(column_names, text_field: str = "text", source: str = "dataset
 
 
 def to_trl_format(
-    dataset, fmt: str, source: str, text_field: str = "text", num_proc: int | None = None, base_dir: str | None = None
+    dataset,
+    fmt: str,
+    source: str,
+    text_field: str = "text",
+    num_proc: int | None = None,
+    base_dir: str | None = None,
+    preference_column: str | None = None,
 ):
     """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads.
 
     Raises RecipeError naming "<source>[row <i>]" for bad rows: checking inside the conversion's map makes it one
     pass, parallel under `num_proc`, and cached by `datasets` with the result, so a second run repeats neither.
     A stream is checked as it is read. Relative image paths resolve against `base_dir`, by default the directory
-    of `source` when that is a local path.
+    of `source` when that is a local path. Preference rows are refused unless `preference_column` is "chosen";
+    rows whose boolean `label` is false are excluded (preference.py).
     """
     from datasets import Dataset
 
@@ -53,13 +74,18 @@ def to_trl_format(
     missing = _missing_columns(fmt, columns, text_field, source)
     if missing:
         raise RecipeError(missing)
-    dataset = _undecoded_images(dataset)
+    dataset = _undecoded_images(without_rejected_labels(dataset, columns, source))
     first = first_row(dataset)
     if first is None:
-        raise error(source, "the split is empty", fix="check the path, split, data_files or fraction")
-    conversational = is_conversational(first, fmt)
+        raise error(source, _empty(columns), fix="check the path, split, data_files or fraction")
+    if fmt == "preference":
+        if preference_column not in PREFERENCE_CHOICES:
+            raise RecipeError(refusal(columns, first, source))
+        first = chosen_as_prompt_completion(first)
+    conversational = is_conversational(first, _row_format(fmt))
     extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
-    features = _features(fmt, conversational, _plain_chat(dataset, fmt), text_field, extras)
+    plain = _plain_chat(dataset, fmt) and "images" not in extras  # `<image>` markers become typed content
+    features = _features(_row_format(fmt), conversational, plain, text_field, extras)
     fn_kwargs = {
         "fmt": fmt,
         "text_field": text_field,
@@ -80,7 +106,13 @@ def to_trl_format(
 
 
 def check_rows(
-    dataset, fmt: str, source: str, limit: int | None = None, text_field: str = "text", base_dir: str | None = None
+    dataset,
+    fmt: str,
+    source: str,
+    limit: int | None = None,
+    text_field: str = "text",
+    base_dir: str | None = None,
+    preference_column: str | None = None,
 ) -> list[Problem]:
     """Problems in the rows of `dataset` (raw in `fmt`, or already converted); `where` is "<source>[row <i>]".
 
@@ -104,17 +136,31 @@ def check_rows(
         dataset = (
             dataset.select(range(min(limit, len(dataset)))) if isinstance(dataset, Dataset) else dataset.take(limit)
         )
+    if fmt == "preference" and preference_column not in PREFERENCE_CHOICES:
+        return [refusal(columns, first_row(dataset), source)]
     dataset = _undecoded_images(dataset)
     base_dir = base_dir or source_dir(source)
     problems: list[Problem] = []
     conversational = None  # decided by the first row, as TRL does
     for index, row in enumerate(_iter_rows(dataset)):
-        conversational = is_conversational(row, fmt) if conversational is None else conversational
-        issues = row_issues(row, fmt, text_field, base_dir, conversational)
+        if row.get(LABEL) is False:
+            continue  # excluded from training, see preference.without_rejected_labels
+        row = chosen_as_prompt_completion(row) if fmt == "preference" else row
+        conversational = is_conversational(row, _row_format(fmt)) if conversational is None else conversational
+        issues = row_issues(row, _row_format(fmt), text_field, base_dir, conversational)
         problems += [Problem(f"{source}[row {index}]", issue) for issue in issues]
     if conversational is None:
-        problems.append(Problem(source, "the split is empty", fix="check the path, split, data_files or fraction"))
+        problems.append(Problem(source, _empty(columns), fix="check the path, split, data_files or fraction"))
     return problems
+
+
+def _row_format(fmt: str) -> str:
+    """The format a row is checked and converted in: a preference row is first made prompt-completion."""
+    return "prompt_completion" if fmt == "preference" else fmt
+
+
+def _empty(columns) -> str:
+    return "the split is empty" + (" once its label: false rows are excluded" if LABEL in columns else "")
 
 
 class _BadRows(Exception):
@@ -127,6 +173,9 @@ class _BadRows(Exception):
 def _convert_batch(batch: dict, indices: list[int], **kw) -> dict:
     fmt, text_field, base_dir, conversational = kw["fmt"], kw["text_field"], kw["base_dir"], kw["conversational"]
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    if fmt == "preference":
+        rows = [chosen_as_prompt_completion(row) for row in rows]
+    fmt = _row_format(fmt)
     problems = [
         Problem(f"{kw['source']}[row {index}]", issue)
         for index, row in zip(indices, rows, strict=True)
@@ -163,6 +212,7 @@ def _missing_columns(fmt: str, columns: list[str], text_field: str, source: str)
         "prompt_completion": ["prompt", "completion"],
         "sharegpt": ["conversations"],
         "alpaca": ["instruction", "output"],
+        "preference": ["chosen", "rejected"],
     }
     if fmt not in required:
         return [Problem("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")]
@@ -181,8 +231,10 @@ def _missing_columns(fmt: str, columns: list[str], text_field: str, source: str)
 def _plain_chat(ds, fmt: str) -> bool:
     """Whether every message is already {role, content} strings in Arrow: a struct then pads no keys and is ~3x
     faster to write and read than Json."""
-    from datasets import List, Value
+    from datasets import Dataset, List, Value
 
+    if fmt == "preference":
+        return False  # chosen answers come as strings, one message or several
     columns = {"messages": ["messages"], "sharegpt": ["conversations"], "prompt_completion": ["prompt", "completion"]}
     keys = {"from", "value"} if fmt == "sharegpt" else {"role", "content"}
     for column in columns.get(fmt, []):  # alpaca rows always become {role, content} strings
@@ -190,7 +242,18 @@ def _plain_chat(ds, fmt: str) -> bool:
         inner = feature.feature if isinstance(feature, List) else None
         if not isinstance(inner, dict) or set(inner) != keys or any(v != Value("string") for v in inner.values()):
             return False
+    if fmt == "sharegpt":  # function_call turns become tool_calls, which a {role, content} struct cannot hold
+        return isinstance(ds, Dataset) and not _has_function_calls(ds)
     return True
+
+
+def _has_function_calls(ds) -> bool:
+    """Whether a ShareGPT data set has function_call turns, read from Arrow without decoding the rows."""
+    import pyarrow.compute as pc
+
+    turns = pc.list_flatten(ds.data.column("conversations"))
+    roles = {r.lower() for r in pc.unique(pc.struct_field(turns, "from")).to_pylist() if isinstance(r, str)}
+    return bool(roles & set(FUNCTION_CALL_ROLES))
 
 
 def _undecoded_images(ds):

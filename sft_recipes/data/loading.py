@@ -24,15 +24,19 @@ STREAMING_CHECK_ROWS = 1000  # a stream has no end to check up to: validate its 
 MAX_REPORTED_PROBLEMS = 20
 
 
-def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | IterableDataset, Any]:
+def load_training_data(
+    script_args, mixture, training_args, counts: list[dict[str, Any]] | None = None
+) -> tuple[Dataset | IterableDataset, Any]:
     """Load, check and convert the training data; returns (train, eval), eval None when eval_strategy is "no".
 
     Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
+    `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
     """
     fmt = getattr(script_args, "dataset_format", "auto") or "auto"
+    preference_column = getattr(script_args, "preference_column", None)
     text_field = training_args.dataset_text_field
     num_proc = training_args.dataset_num_proc
-    want_eval = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    want_eval = wants_eval(training_args)
     problems: list[Problem] = []
     eval_ds = None
 
@@ -43,7 +47,7 @@ def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | I
                 "(%s) is ignored, as in TRL.",
                 script_args.dataset_name,
             )
-        train = _load_mixture(mixture, fmt, text_field, num_proc, problems)
+        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, preference_column, counts)
     elif script_args.dataset_name:
         from trl.scripts.utils import DatasetConfig
 
@@ -56,12 +60,13 @@ def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | I
                 f"{source} has no split {script_args.dataset_train_split!r}; splits found: {', '.join(splits)}",
                 fix="set dataset_train_split to one of those",
             )
-        train = _prepare(splits[script_args.dataset_train_split], fmt, source, text_field, num_proc, problems)
+        train_split = splits[script_args.dataset_train_split]
+        train = _prepare(train_split, fmt, source, text_field, num_proc, problems, preference_column=preference_column)
         test_split = script_args.dataset_test_split
         if want_eval and test_split in splits and test_split != script_args.dataset_train_split:
             label = f"{source}:{test_split}"
             eval_ds = _prepare(
-                splits[test_split], fmt, label, text_field, num_proc, problems, base_dir=source_dir(source)
+                splits[test_split], fmt, label, text_field, num_proc, problems, source_dir(source), preference_column
             )
     else:
         raise error(
@@ -72,9 +77,17 @@ def load_training_data(script_args, mixture, training_args) -> tuple[Dataset | I
         )
 
     _raise_errors(problems)
+    if counts is not None and not mixture.datasets:
+        used = [(script_args.dataset_train_split, train), (script_args.dataset_test_split, eval_ds)]
+        counts += [_count(script_args.dataset_name, split, ds) for split, ds in used if ds is not None]
     if want_eval and eval_ds is None:
         eval_ds, train = _split_eval(train, mixture.test_split_size, training_args.seed, script_args)
     return train, eval_ds
+
+
+def wants_eval(training_args) -> bool:
+    """Whether the run evaluates, so that load_training_data returns an eval split."""
+    return str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
 
 
 def check_file(path) -> list[Problem]:
@@ -114,6 +127,20 @@ def check_file(path) -> list[Problem]:
         if not isinstance(row, dict):
             return [Problem(f"{path}:{lineno}", f"each line must be a JSON object, got {type(row).__name__}")]
     return []
+
+
+def local_data_files(cfg) -> list[str]:
+    """The local files a source (a DatasetConfig) reads, as they are now: none for a hub id or a missing path."""
+    path = os.path.expanduser(cfg.path)
+    found: list[str] = []
+    if os.path.isdir(path):
+        found = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
+    elif os.path.isfile(path):
+        found = [path]
+    if cfg.data_files is not None and not found:  # generic builder ("json") with local data_files
+        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
+        found = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
+    return found
 
 
 HEAD_BYTES = 1 << 20  # enough of a .json file to decode the first element of its array
@@ -159,20 +186,15 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
 
     path = os.path.expanduser(cfg.path)
     kwargs: dict[str, Any] = {"name": cfg.name, "data_dir": cfg.data_dir, "data_files": cfg.data_files}
-    local_files: list[str] = []
+    local_files = local_data_files(cfg)
     if os.path.isdir(path):
-        local_files = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
         if not local_files and cfg.data_files is None:
             raise error(where, f"no data files ({', '.join(BUILDERS)}) in directory {cfg.path}")
     elif os.path.isfile(path) or _looks_like_file(cfg.path):
         if not os.path.isfile(path):
             raise RecipeError(check_file(path))
-        local_files = [path]
         kwargs["data_files"] = path
         path = BUILDERS.get(Path(path).suffix, "json")
-    if cfg.data_files is not None and not local_files:  # generic builder ("json") with local data_files
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        local_files = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
     not_objects = [p for f in local_files if f.endswith(".json") for p in _array_of_non_objects(f)]
     if not_objects:  # datasets would load [1, 2] as a `text` column of numbers and blame each row
         raise RecipeError(not_objects)
@@ -190,7 +212,15 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
         ) from e
 
 
-def _load_mixture(mixture, fmt: str, text_field: str, num_proc: int | None, problems: list[Problem]) -> Any:
+def _load_mixture(
+    mixture,
+    fmt: str,
+    text_field: str,
+    num_proc: int | None,
+    problems: list[Problem],
+    preference_column: str | None,
+    counts: list | None = None,
+) -> Any:
     """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
     import datasets
 
@@ -221,25 +251,41 @@ def _load_mixture(mixture, fmt: str, text_field: str, num_proc: int | None, prob
         raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
 
     parts = [
-        _prepare(ds, fmt, _label(cfg), text_field, num_proc, problems)
+        _prepare(ds, fmt, _label(cfg), text_field, num_proc, problems, preference_column=preference_column)
         for ds, cfg in zip(raw, mixture.datasets, strict=True)
     ]
     _raise_errors(problems)
+    if counts is not None:
+        counts += [_count(cfg.path, cfg.split, ds) for cfg, ds in zip(mixture.datasets, parts, strict=True)]
     parts = _harmonize(parts, [cfg.path for cfg in mixture.datasets], num_proc)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _prepare(ds, fmt, source, text_field, num_proc, problems: list[Problem], base_dir: str | None = None) -> Any:
+def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
+    return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
+
+
+def _prepare(
+    ds,
+    fmt,
+    source,
+    text_field,
+    num_proc,
+    problems: list[Problem],
+    base_dir: str | None = None,
+    preference_column: str | None = None,
+) -> Any:
     """Check and convert one split; problems are collected so that every source is reported at once."""
     from datasets import Dataset
 
+    kwargs = {"text_field": text_field, "base_dir": base_dir, "preference_column": preference_column}
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, text_field=text_field, base_dir=base_dir)
+            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, **kwargs)
             if any(p.severity == "error" for p in head):
                 problems += head
                 return ds
-        return to_trl_format(ds, fmt, source, text_field=text_field, num_proc=num_proc, base_dir=base_dir)
+        return to_trl_format(ds, fmt, source, num_proc=num_proc, **kwargs)
     except RecipeError as e:
         problems += e.problems
         return ds

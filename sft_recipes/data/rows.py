@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from typing import Any
 
+from sft_recipes.data.images import image_issues, resolve_image, typed_placeholders
+from sft_recipes.data.tool_calls import (
+    FUNCTION_CALL_ROLES,
+    function_call_issues,
+    parse_function_call,
+    parse_tools,
+    tools_issue,
+    with_tool_calls,
+)
 from sft_recipes.errors import error
 
-FORMATS = ("text", "messages", "prompt_completion", "sharegpt", "alpaca")
+FORMATS = ("text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference")
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -39,7 +45,13 @@ def row_issues(row: dict, fmt: str, text_field: str, base_dir: str | None, conve
         issues = _check_messages(view["messages"], "messages", need_assistant=True)
     else:
         issues = _check_prompt_completion(view["prompt"], view["completion"], conversational)
-    return issues + _check_tools(row.get("tools")) + _check_images(row, view, base_dir)
+    if fmt == "sharegpt":
+        issues += function_call_issues(row["conversations"])
+    messages = view.get("messages") or view.get("prompt")
+    if isinstance(messages, list) and isinstance(view.get("completion"), list):
+        messages = messages + view["completion"]
+    issues += [issue] if (issue := tools_issue(row.get("tools"))) else []
+    return issues + image_issues(row, messages, base_dir)
 
 
 def is_conversational(row: dict, fmt: str) -> bool:
@@ -54,30 +66,29 @@ def convert_row(row: dict, fmt: str, text_field: str, extras: list[str], base_di
     if fmt == "text":
         out = {text_field: row[text_field]}
     elif fmt == "messages":
-        out = {"messages": _drop_nones(row["messages"])}
+        out = {"messages": _with_tool_calls(_drop_nones(row["messages"]))}
     elif fmt == "sharegpt":
-        out = {"messages": _sharegpt_messages(row)}
+        out = {"messages": sharegpt_messages(row)}
     elif fmt == "alpaca":
-        out = _alpaca_prompt_completion(row)
+        out = alpaca_prompt_completion(row)
     elif fmt == "prompt_completion":
-        out = {"prompt": _drop_nones(row["prompt"]), "completion": _drop_nones(row["completion"])}
+        out = {"prompt": _drop_nones(row["prompt"]), "completion": _with_tool_calls(_drop_nones(row["completion"]))}
     else:
         raise error("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")
     if "tools" in extras:
-        tools = row.get("tools")
-        if isinstance(tools, str) and tools.strip():
-            with contextlib.suppress(json.JSONDecodeError):  # check_rows reports it
-                tools = json.loads(tools)
-        out["tools"] = _drop_nones(tools) if tools else None
+        out["tools"] = _drop_nones(parse_tools(row.get("tools")))
     if "images" in extras:
         images = row["images"] if "images" in row else [row.get("image")]
-        out["images"] = [_resolve_image(img, base_dir) for img in images or [] if img is not None]
+        out["images"] = [resolve_image(img, base_dir) for img in images or [] if img is not None]
+        for column in ("messages", "prompt", "completion"):
+            if column in out:
+                out[column] = typed_placeholders(out[column])
     if "chat_template_kwargs" in extras:
         out["chat_template_kwargs"] = row.get("chat_template_kwargs") or {}
     return out
 
 
-def _sharegpt_messages(row: dict) -> Any:
+def sharegpt_messages(row: dict) -> Any:
     conversations = row["conversations"]
     if not isinstance(conversations, list):
         return conversations
@@ -90,14 +101,28 @@ def _sharegpt_messages(row: dict) -> Any:
             message = {k: v for k, v in turn.items() if k not in ("from", "value") and v is not None}
             role = turn["from"]
             message["role"] = SHAREGPT_ROLES.get(role.lower(), role) if isinstance(role, str) else role
-            message["content"] = turn.get("value")
+            calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None
+            if calls is None:  # a malformed call stays text, for check_rows to name
+                message["content"] = turn.get("value")
+            else:  # empty content, not none: templates without tool support then render it instead of raising
+                message.update(content="", tool_calls=calls)
             messages.append(message)
         else:
             messages.append(_drop_nones(turn))
     return messages
 
 
-def _alpaca_prompt_completion(row: dict) -> dict:
+def _is_function_call(role: Any) -> bool:
+    return isinstance(role, str) and role.lower() in FUNCTION_CALL_ROLES
+
+
+def _with_tool_calls(messages: Any) -> Any:
+    if not isinstance(messages, list):
+        return messages
+    return [with_tool_calls(m) if isinstance(m, dict) and m.get("tool_calls") else m for m in messages]
+
+
+def alpaca_prompt_completion(row: dict) -> dict:
     # CSV readers type an all-numeric column as numbers; an answer of 5 is still the text "5"
     keys = ("instruction", "input", "system", "output")
     instruction, extra, system, output = (str(v) if isinstance(v, int | float) else v for v in map(row.get, keys))
@@ -123,17 +148,6 @@ def _drop_nones(value: Any, top: bool = True) -> Any:
             if v is not None or (top and k == "content")
         }
     return value
-
-
-def _resolve_image(image: Any, base_dir: str | None) -> Any:
-    """Relative image paths in a local data file are relative to that file, not to the current directory."""
-    path = image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None
-    if not path or os.path.isabs(path) or "://" in path or base_dir is None:
-        return image
-    candidate = os.path.join(base_dir, path)
-    if not os.path.exists(candidate):
-        return image
-    return candidate if isinstance(image, str) else {**image, "path": candidate}
 
 
 def _check_text(text: Any, field: str) -> list[str]:
@@ -201,66 +215,3 @@ def _check_blocks(blocks: list, label: str) -> list[str]:
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             return [f"{label} content has a text block without a string 'text'"]
     return []
-
-
-def _check_tools(tools: Any) -> list[str]:
-    if tools is None or (isinstance(tools, str) and not tools.strip()):
-        return []
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as e:
-            return [f"tools is not valid JSON: {e}"]
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        return ["tools must be a list of JSON-schema tool objects"]
-    return []
-
-
-def _check_images(row: dict, view: dict, base_dir: str | None) -> list[str]:
-    if "images" not in row and "image" not in row:
-        return []
-    images = row["images"] if "images" in row else [row["image"]]
-    if images is None:
-        images = []
-    if not isinstance(images, list):
-        return [f"images is {type(images).__name__}, expected a list"]
-    issues = [f"images[{i}] {msg}" for i, img in enumerate(images) if (msg := _image_issue(img, base_dir))]
-    messages = view.get("messages") or view.get("prompt")
-    if isinstance(messages, list):  # TRL fills {"type": "image"} placeholders with the images, one for one
-        placeholders = sum(
-            1
-            for m in messages
-            if isinstance(m, dict) and isinstance(m.get("content"), list)
-            for b in m["content"]
-            if isinstance(b, dict) and b.get("type") == "image" and "image" not in b
-        )
-        if placeholders and placeholders != len(images):
-            issues.append(f"{len(images)} images but {placeholders} image placeholders in the messages")
-    return issues
-
-
-def _image_issue(image: Any, base_dir: str | None) -> str:
-    from io import BytesIO
-
-    try:
-        from PIL import Image
-    except ImportError:
-        return "cannot be checked: pillow is not installed (pip install 'sft-recipes[vision]')"
-    if isinstance(image, dict) and image.get("bytes"):
-        source: Any = BytesIO(image["bytes"])
-    else:
-        path = _resolve_image(image, base_dir)
-        path = path.get("path") if isinstance(path, dict) else path
-        if not isinstance(path, str):
-            return f"is {type(image).__name__}, expected a path or image bytes"
-        if "://" in path:
-            return ""  # remote: cannot be checked offline, the image processor fetches it
-        if not os.path.isfile(path):
-            return f"not found: {path}"
-        source = path
-    try:
-        with Image.open(source) as img:
-            img.verify()
-    except Exception as e:  # noqa: BLE001 - PIL raises several types for a bad image
-        return f"is not a readable image: {e}"
-    return ""

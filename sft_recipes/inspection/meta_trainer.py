@@ -120,17 +120,20 @@ class _Collect(logging.Handler):
 
 
 def meta_trainer(
-    model: Any, processing_class: Any, train: Any, args: Any, source: str = "data"
+    model: Any, processing_class: Any, train: Any, args: Any, source: str = "data", eval_dataset: Any = None
 ) -> tuple[Any, list[Problem]]:
-    """(trl.SFTTrainer with `train` prepared, TRL's warnings as problems); `args` from inspection_args. A recipe TRL
-    refuses, or a row the chat template fails on (`source` names the data), is a RecipeError."""
+    """(trl.SFTTrainer with `train` and `eval_dataset` prepared, TRL's warnings as problems); `args` from
+    inspection_args. A recipe TRL refuses, or a row the chat template fails on (`source` names the data), is a
+    RecipeError."""
     from jinja2 import TemplateError
     from trl import SFTTrainer
 
     collect = _Collect()
     logging.getLogger("trl").addHandler(collect)
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processing_class)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=processing_class
+        )
     except TemplateError as err:
         row = _failing_row(train, processing_class)
         raise RecipeError(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.attention import resolve_attn_implementation
-from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype, text_config
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype
 from sft_recipes.model.quantization import build_quantization_config, check_sharded_combination, get_kbit_device_map
+from sft_recipes.model.rope import BASE_CONFIG, RopeScaling, rope_scaling_plan
 from sft_recipes.topology import Topology
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def load_model(
 ) -> PreTrainedModel:
     """Load for training: concrete dtype, attention with fallback, quantization + device map, RoPE scaling,
     embeddings grown to a multiple of 8 when the tokenizer grew, use_cache off."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     topology = topology or Topology.from_env(training_args)
     check_sharded_combination(model_args, training_args, topology)
@@ -40,17 +40,13 @@ def load_model(
         cache_dir=model_args.cache_dir,
         trust_remote_code=training_args.trust_remote_code,
     )
-    model_config = AutoConfig.from_pretrained(name, **common)
-    rope = rope_scaling_plan(config, training_args.max_length, model_args.rope_scaling_policy)
+    model_config, rope = load_training_config(model_args, training_args)
     if rope is not None:
-        target = model_config.get_text_config()
-        params = dict(getattr(target, "rope_parameters", None) or {})
-        target.rope_parameters = {**params, **rope}
         logger.info(
-            "max_length %s > max_position_embeddings %s: linear RoPE scaling, factor %s",
-            training_args.max_length,
-            text_config(config)["max_position_embeddings"],
-            rope["factor"],
+            "max_length %s > the model's context %s: RoPE %s",
+            rope.max_length,
+            rope.context,
+            rope.describe(model_config.get_text_config()),
         )
     auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     logger.info(
@@ -100,22 +96,33 @@ def load_model(
     return model
 
 
-def rope_scaling_plan(config: dict[str, Any], max_length: int | None, policy: str = "auto") -> dict[str, Any] | None:
-    """Linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length exceeds the context
-    (FastChat); None when no scaling is needed."""
-    context = text_config(config).get("max_position_embeddings")
-    if not max_length or not context or max_length <= context:
+def load_training_config(model_args: Any, training_args: Any) -> tuple[Any, RopeScaling | None]:
+    """The model's transformers config as training loads it: RoPE-scaled when max_length exceeds the context.
+    Returns the scaling too (None when there is none)."""
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    rope = rope_scaling_plan(model_config, training_args.max_length, model_args.rope_scaling_policy)
+    if rope is not None:
+        rope.apply(model_config.get_text_config())
+    return model_config, rope
+
+
+def record_base_config(out_dir: str | Path, model_args: Any, training_args: Any) -> Path | None:
+    """Write, beside a LoRA adapter, the base's config as training changed it (RoPE scaling) to BASE_CONFIG, so
+    that loading base + adapter keeps the change: `from_pretrained(base, config=AutoConfig.from_pretrained(path))`.
+    Nothing is written (None) when training loaded the base as it is."""
+    model_config, rope = load_training_config(model_args, training_args)
+    if rope is None:
         return None
-    if policy == "off":
-        raise RecipeError(
-            Problem(
-                "max_length",
-                f"max_length {max_length} exceeds the model's context {context} and rope_scaling_policy is off",
-                f"set max_length <= {context}, or rope_scaling_policy: auto",
-            )
-        )
-    factor = math.ceil(max_length / context)
-    return {"rope_type": "linear", "factor": float(factor)}
+    path = Path(out_dir) / BASE_CONFIG
+    model_config.to_json_file(str(path))
+    return path
 
 
 def embedding_rows(model: Any) -> int:

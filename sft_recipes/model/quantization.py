@@ -50,8 +50,6 @@ def check_sharded_combination(model_args: Any, training_args: Any, topology: Top
 def build_quantization_config(
     model_args: Any, compute: torch.dtype, topology: Topology | None = None
 ) -> BitsAndBytesConfig | None:
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise RecipeError(Problem("load_in_4bit", "both load_in_4bit and load_in_8bit are set", "choose one"))
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return None
     from sft_recipes.environment import require_extra

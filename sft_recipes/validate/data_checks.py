@@ -16,9 +16,13 @@ def check_data(v: Validation) -> None:
     """Load and check the data as train does (file:line problems, columns, roles, images), then prepare its first
     rows with TRL's SFTTrainer on the meta model: share of trained tokens, truncation, the stop token."""
     from sft_recipes.data.loading import load_training_data
+    from sft_recipes.data.rendering import unrendered_tool_use
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     r = v.recipe
+    if r.script.prepared:  # checked when preprocess made it; train checks its fingerprint (the raw data may be gone)
+        v.summary["data"] = f"the prepared set in {r.script.prepared}"
+        return
     source = r.model.model_name_or_path
     train, _ = load_training_data(r.script, r.mixture, r.training)
     v.examples = len(train) if hasattr(train, "__len__") else None
@@ -38,8 +42,11 @@ def check_data(v: Validation) -> None:
             "set chat_template_path: sft_recipes/chat_templates/chatml.jinja (or another template)",
         )
         return
+    v.extend(unrendered_tool_use(train, v.tokenizer, r.script.dataset_name or "datasets"))
     if v.kind == IMAGE_TEXT_TO_TEXT:
         v.summary["trained tokens"] = "decided at collation for vision-language data"
+        if not v.errors and v.model is not None:
+            check_vision_batch(v, first_rows_of(train))
         return
     if first.get("images"):
         v.add(
@@ -84,3 +91,26 @@ def check_sample(v: Validation, rows: Any) -> None:
         f"{statistics['trained_share']:.0%} of {statistics['tokens']:,} tokens in the first {len(rows)} rows"
         + (f" ({scope})" if scope != "every token" else "")
     )
+
+
+def check_vision_batch(v: Validation, rows: Any) -> None:
+    """#10: the first batch through TRL's vision collator on the meta trainer (the processor call of train's first
+    step), so that image rows the processor cannot take fail here, not after the weights are loaded."""
+    from sft_recipes.data.first_batch import first_batch_problems
+    from sft_recipes.inspection.meta_trainer import inspection_args, is_vision, meta_trainer, outside_launch
+
+    r = v.recipe
+    source = r.script.dataset_name or "datasets"
+    if "tools" in rows.column_names and any(rows["tools"]):
+        v.add(
+            source,
+            "TRL's vision-language collator does not pass `tools` to the chat template: the model would learn to "
+            "call tools it is never shown",
+            "drop the tools column for this model, or train a text model on the tool-calling rows",
+        )
+        return
+    with tempfile.TemporaryDirectory(prefix="sft-recipes-validate-") as output_dir, outside_launch():
+        args = inspection_args(r.training, output_dir, dataset_num_proc=None)
+        trainer, _ = meta_trainer(v.model, v.tokenizer, rows, args, source)
+        prepared = rows if is_vision(trainer) else trainer.train_dataset  # text-only rows are tokenized up front
+        v.extend(first_batch_problems(prepared, trainer.data_collator, source, r.training.per_device_train_batch_size))

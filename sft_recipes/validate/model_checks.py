@@ -71,7 +71,7 @@ def _check_pickle_weights(v: Validation) -> None:
 def check_context(v: Validation) -> None:
     """#9 max_length unset, #10 max_length beyond the context, and the RoPE plan."""
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, text_config
-    from sft_recipes.model.loading import rope_scaling_plan
+    from sft_recipes.model.rope import rope_scaling_plan
 
     t, m = v.recipe.training, v.recipe.model
     context = text_config(v.config).get("max_position_embeddings")
@@ -83,7 +83,7 @@ def check_context(v: Validation) -> None:
             warning=True,
         )
     rope = rope_scaling_plan(v.config, t.max_length, m.rope_scaling_policy)
-    plan = f", RoPE: linear scaling x{rope['factor']:g}" if rope else ""
+    plan = f", RoPE: {rope.describe()}" if rope else ""
     v.summary["max_length"] = f"{t.max_length} (model context {context}{plan})"
     v.summary["packing"] = f"{t.packing_strategy}" if t.packing else "off"
     if t.padding_free and not t.packing:
@@ -196,8 +196,8 @@ def _check_lora(v: Validation, model: Any) -> None:
         return
     layers = sum(1 for module in adapted.modules() if hasattr(module, "lora_A"))
     v.trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    named = lora.target_modules or []
-    targets = named if isinstance(named, str) else ", ".join(sorted(named))
+    requested = lora.target_modules or []
+    targets = requested if isinstance(requested, str) else ", ".join(sorted(requested))
+    total = v.params or 1
     v.summary["LoRA"] = f"r={m.lora_r}, alpha={m.lora_alpha} on {layers} layers ({targets})"
-    params = v.params or sum(p.numel() for p in model.parameters())
-    v.summary["trainable"] = f"{v.trainable:,} of {params:,} parameters ({100 * v.trainable / params:.2f}%)"
+    v.summary["trainable"] = f"{v.trainable:,} of {total:,} parameters ({100 * v.trainable / total:.2f}%)"

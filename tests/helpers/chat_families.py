@@ -158,29 +158,11 @@ def _corpus(family: ChatFamily) -> list[str]:
 
 @functools.cache
 def _tokenizer_json(name: str, vocab_size: int) -> str:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    from sft_recipes.tiny import _QWEN2_PRETOKENIZE_REGEX
+    from sft_recipes.tiny import train_byte_level_bpe
 
     family = chat_family(name)
     # sft_recipes.tiny's normalizer and pre-tokenizer: AutoTokenizer reloads every tiny family with them intact.
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=family.special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(family), trainer=trainer)
-    return tokenizer.to_str()
+    return train_byte_level_bpe(_corpus(family), family.special_tokens, vocab_size)
 
 
 def build_family_tokenizer(name: str, out_dir: str | Path | None = None, vocab_size: int = 640) -> Any:

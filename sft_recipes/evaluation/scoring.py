@@ -1,0 +1,192 @@
+"""How well one model does on the held-out rows: loss and perplexity over the trained tokens, and greedy answers
+scored against the references with exact match and ROUGE-L (Google's `rouge-score`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sft_recipes.errors import Problem, RecipeError
+
+logger = logging.getLogger("sft_recipes")
+
+BASE_FIX = "pass --base with a local copy (or reachable hub id) of the model the run was trained from"
+
+
+@dataclass
+class Figures:
+    """One model's figures over the held-out rows."""
+
+    loss: float  # mean negative log-likelihood per trained token
+    perplexity: float
+    exact_match: float | None  # share of the samples answered exactly (whitespace aside); None without samples
+    rouge_l: float | None  # mean ROUGE-L F1 of the samples
+    tokens: int  # trained tokens the loss is over
+
+
+@dataclass
+class Answer:
+    text: str
+    exact_match: bool
+    rouge_l: float
+
+
+def token_loss(model: Any, batches: Any) -> tuple[float, int]:
+    """(summed negative log-likelihood, token count) over the tokens whose label is not -100, each predicted from
+    the tokens before it: the loss train minimises, without its batch averaging."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            labels = inputs.pop("labels")
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            # use_cache=False: a padding-free batch is then read as packed sequences, as in training.
+            logits = model(**inputs, use_cache=False).logits
+            for row_logits, row_labels in zip(logits, labels, strict=True):  # one row at a time in fp32
+                targets = row_labels[1:]
+                nll = torch.nn.functional.cross_entropy(
+                    row_logits[:-1].float(), targets, ignore_index=-100, reduction="sum"
+                )
+                total += float(nll)
+                count += int((targets != -100).sum())
+    return total, count
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(reference: str, answer: str) -> bool:
+    """The same text, whitespace aside."""
+    return normalized(reference) == normalized(answer)
+
+
+class _Words:
+    """rouge-score's tokenizer interface over Unicode words (its default keeps only a-z and 0-9: "Bogotá" would
+    lose its last letter, and non-Latin text every word)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+
+def rouge_scorer() -> Any:
+    from sft_recipes.environment import require_extra
+
+    require_extra("rouge_score", "eval", "ROUGE-L")
+    from rouge_score import rouge_scorer as scorers
+
+    return scorers.RougeScorer(["rougeL"], tokenizer=_Words())
+
+
+def answers(run: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> list[Answer]:
+    """Each sample's greedy answer, stopped at the run's EOS ids, and its scores."""
+    out = []
+    for sample in samples:
+        text = run.reply(sample.prompt, max_new_tokens, do_sample=False, num_beams=1)
+        rouge = scorer.score(sample.reference, text)["rougeL"].fmeasure
+        out.append(Answer(text, exact_match(sample.reference, text), float(rouge)))
+    return out
+
+
+def score(run: Any, batches: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> tuple[Figures, list[Any]]:
+    """The figures of `run`'s model over the prepared batches and the samples, and its answers."""
+    total, count = token_loss(run.model, batches)
+    if count == 0:
+        raise RecipeError(
+            Problem(
+                "data",
+                "no token of the held-out rows is trained (every label is masked)",
+                "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either",
+            )
+        )
+    replies = answers(run, samples, max_new_tokens, scorer)
+    loss = total / count
+    share = sum(a.exact_match for a in replies) / len(replies) if replies else None
+    rouge = sum(a.rouge_l for a in replies) / len(replies) if replies else None
+    perplexity = math.exp(loss) if loss < 700 else math.inf
+    return Figures(loss, perplexity, share, rouge, count), replies
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """Where the base model comes from, and how an error about it names its origin."""
+
+    name: str
+    where: str  # e.g. "recipe.yaml: model_name_or_path M" or "--base M"
+    revision: str | None = None
+
+
+def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
+    """The base to compare with: the adapter's (--base already applied to it), else --base, else the run's
+    recipe.yaml model_name_or_path, else --config's; its config.json is read now, so a base that is gone fails
+    before any model is scored."""
+    from transformers import PretrainedConfig
+
+    if layout.weights == "adapter":
+        return BaseModel(str(layout.base), f"{layout.path}: the adapter's base {layout.base}")
+    if override:
+        base = BaseModel(override, f"--base {override}")
+    elif layout.recipe.get("model_name_or_path"):
+        name = str(layout.recipe["model_name_or_path"])
+        where = f"{layout.recipe_path}: model_name_or_path {name}"
+        base = BaseModel(name, where, layout.recipe.get("model_revision"))
+    elif recipe.path and recipe.model.model_name_or_path:
+        name = recipe.model.model_name_or_path
+        base = BaseModel(name, f"{recipe.path}: model_name_or_path {name}", recipe.model.model_revision)
+    else:
+        raise RecipeError(Problem(str(layout.path), "the run does not record its base model", BASE_FIX))
+    try:
+        PretrainedConfig.get_config_dict(base.name, revision=base.revision)
+    except (OSError, ValueError) as err:
+        raise RecipeError(Problem(base.where, f"cannot be read: {str(err).splitlines()[0]}", BASE_FIX)) from None
+    return base
+
+
+@contextlib.contextmanager
+def base_of(run: Any, base: BaseModel) -> Iterator[Any]:
+    """The run's base model, prompted and stopped as the run is (its template, EOS ids and generation config):
+    for an adapter the same model with the adapter disabled (its base loaded as trained), else `base` loaded in
+    the run's dtype once the tuned weights are freed."""
+    if run.layout.weights == "adapter":
+        with run.model.disable_adapter():
+            yield run
+        return
+    device, dtype = run.model.device, run.model.dtype
+    run.model = None  # scored already: two full models need not share the memory
+    gc.collect()
+    model = load_base_model(run, base, dtype)
+    yield dataclasses.replace(run, model=model.to(device).eval())
+
+
+def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
+    """The base weights alone (the run's tokenizer goes with them), grown to the run's vocabulary as train grew it."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from sft_recipes.model.loading import embedding_rows
+
+    auto_class = AutoModelForImageTextToText if run.is_vlm else AutoModelForCausalLM
+    recipe = run.layout.recipe
+    logger.info("Loading the base model %s", base.name)
+    try:
+        model = auto_class.from_pretrained(
+            base.name,
+            revision=base.revision,
+            dtype=dtype,
+            trust_remote_code=bool(recipe.get("trust_remote_code", False)),
+            use_safetensors=None if recipe.get("allow_pickle_weights") else True,
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeError(Problem(base.where, f"cannot be loaded: {str(err).splitlines()[0]}", BASE_FIX)) from None
+    if len(run.tokenizer) > embedding_rows(model):
+        model.resize_token_embeddings(len(run.tokenizer), pad_to_multiple_of=8)
+    return model

@@ -1,0 +1,47 @@
+"""The files the package ships beside its code: accelerate configs, the demo recipe and chat templates.
+
+They are package data, found with importlib.resources, so a wheel install finds them from any folder; the repo's
+top-level `accelerate_configs/` and `recipes/demo/` are links into here.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def _shipped(relative: str) -> Path:
+    # pip installs wheels unpacked, so package data is a real file that `accelerate launch` and TRL can open by path.
+    return Path(str(resources.files("sft_recipes").joinpath(relative)))
+
+
+def _names(folder: str, suffix: str) -> list[str]:
+    directory = _shipped(folder)
+    return sorted(path.stem for path in directory.glob(f"*{suffix}")) if directory.is_dir() else []
+
+
+def accelerate_config_names() -> list[str]:
+    """The shipped accelerate configs by name: single_gpu, multi_gpu, zero2, zero3, fsdp2, ..."""
+    return _names("accelerate_configs", ".yaml")
+
+
+def accelerate_config(name: str) -> Path | None:
+    """The shipped accelerate config called `name` (zero3, fsdp2, ...), or None when there is none."""
+    path = _shipped("accelerate_configs") / f"{name}.yaml"
+    return path if name in accelerate_config_names() else None
+
+
+def demo_recipe() -> Path:
+    """The offline CPU demo's recipe (`python -m sft_recipes.demo`)."""
+    return _shipped("recipes/demo/full.yaml")
+
+
+def chat_template_names() -> list[str]:
+    """The shipped chat templates by name (chatml: ChatML with `{% generation %}` markers)."""
+    return _names("chat_templates", ".jinja")
+
+
+def chat_template(name: str) -> Path | None:
+    """The shipped chat template called `name`, a path for `chat_template_path`, or None when there is none."""
+    path = _shipped("chat_templates") / f"{name}.jinja"
+    return path if name in chat_template_names() else None
