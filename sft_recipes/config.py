@@ -6,15 +6,14 @@ import difflib
 import os
 import re
 import sys
-import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import trl
 
 from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.recipe_file import check_types, key_lines, load_yaml
 from sft_recipes.renames import hint
 
 SECRET_PATTERN = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
@@ -162,14 +161,6 @@ def field_types() -> dict[str, Any]:
     return hints
 
 
-def _scalar_kind(hint: Any) -> type | None:
-    """The scalar type a hint boils down to (int/float/bool/str), or None for containers and unions of several."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return _scalar_kind(args[0]) if len(args) == 1 else None
-    return hint if hint in (int, float, bool, str) else None
-
-
 _NO_VALUE = object()
 
 
@@ -181,76 +172,6 @@ def did_you_mean(key: str, known: typing.Iterable[str], value: Any = _NO_VALUE) 
         return advice
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
     return f"did you mean `{match[0]}`?" if match else "remove it, or see `sft-recipes train --help-all` for the keys"
-
-
-def _yaml_lines(path: str) -> dict[str, int]:
-    """Top-level key -> line number, so problems can point at file:line."""
-    lines: dict[str, int] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        match = re.match(r"^([A-Za-z_][\w.-]*)\s*:", line)
-        if match:
-            lines.setdefault(match.group(1), number)
-    return lines
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    if not os.path.isfile(path):
-        raise RecipeError(Problem(path, "recipe file not found", "check the path given to --config"))
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise RecipeError(
-            Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML syntax")
-        ) from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise RecipeError(Problem(path, "a recipe must be a YAML mapping of key: value", "see recipes/ for examples"))
-    return config
-
-
-def check_types(config: dict[str, Any], hints: dict[str, Any], where: typing.Callable[[str], str]) -> list[Problem]:
-    """Type problems in YAML values. Strings that argparse converts (a YAML `1e-5`) are warnings, not errors."""
-    problems = []
-    for key, value in config.items():
-        kind = _scalar_kind(hints.get(key))
-        if kind is None or value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            continue
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if isinstance(value, str) and kind in (int, float):
-            try:
-                kind(value)
-            except ValueError:
-                pass
-            else:
-                problems.append(
-                    Problem(
-                        where(key),
-                        f"{value!r} was read by YAML as a string and converted to {kind(value)!r}",
-                        f"write it as a float, e.g. `{key}: {float(value):.1e}`"
-                        if kind is float
-                        else f"write it without quotes: `{key}: {value}`",
-                        severity="warning",
-                    )
-                )
-                continue
-        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-            continue
-        if kind is str and isinstance(value, (int, float)):
-            continue
-        problems.append(
-            Problem(
-                where(key),
-                f"expected {kind.__name__}, got {type(value).__name__} {value!r}",
-                f"set `{key}` to a {kind.__name__}",
-            )
-        )
-    return problems
 
 
 def _explicit_cli_keys(args: list[str]) -> set[str]:
@@ -281,7 +202,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     overrides = list(args)
 
     hints = field_types()
-    lines = _yaml_lines(path) if path else {}
+    lines = key_lines(path) if path else {}
 
     def where(key: str) -> str:
         return f"{path}:{lines[key]} ({key})" if key in lines else key

@@ -68,7 +68,8 @@ def run_recipe(path: Path) -> Any:
 
     import yaml
 
-    from sft_recipes.config import load_yaml, parse_recipe
+    from sft_recipes.config import parse_recipe
+    from sft_recipes.recipe_file import load_yaml
 
     if not path.is_file():
         return None
@@ -136,9 +137,9 @@ def use_training_kernels(model: Any) -> None:
     """Put bitsandbytes layers on the path they took in training: Linear4bit's packed CPU inference kernel
     (`support_avx512bf16_for_cpu`) off, and Linear8bitLt on CPU through the dequantize-then-matmul path it trains
     with (MatMul8bitFp, taken in training mode only) instead of int8 inference."""
-    import importlib.util
+    from sft_recipes.environment import has_package
 
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not has_package("bitsandbytes"):
         return
     import bitsandbytes as bnb
 

@@ -27,9 +27,7 @@ def check_choices(v: Validation) -> None:
 def check_quantization(v: Validation) -> None:
     from sft_recipes.model.kind import compute_dtype_name
 
-    m, t = v.recipe.model, v.recipe.training
-    if m.load_in_4bit and m.load_in_8bit:
-        v.add(v.key("load_in_8bit"), "both load_in_4bit and load_in_8bit are set", "keep one of them")
+    m, t = v.recipe.model, v.recipe.training  # both bit widths at once: trl.ModelConfig refuses it in the parser
     if not (m.load_in_4bit or m.load_in_8bit):
         return
     which = "load_in_4bit" if m.load_in_4bit else "load_in_8bit"
@@ -39,15 +37,15 @@ def check_quantization(v: Validation) -> None:
             "a quantized model cannot be fine-tuned directly: its weights are frozen integers",
             "set use_peft: true (QLoRA), or drop the quantization for a full fine-tune",
         )
-    from importlib.util import find_spec
+    from sft_recipes.environment import has_package
 
-    if find_spec("bitsandbytes") is None:
+    if not has_package("bitsandbytes"):
         v.add(
             v.key(which),
             "quantized loading needs bitsandbytes, not installed",
             "pip install 'sft-recipes[quantization]'",
         )
-    if find_spec("bitsandbytes") is not None and not (m.load_in_4bit and m.load_in_8bit):
+    else:
         _build_quantization_config(v)
     compute = compute_dtype_name(t)
     if m.load_in_4bit and m.dtype in (None, "auto"):
@@ -186,14 +184,13 @@ def check_hardware(v: Validation) -> None:
 
 
 def check_attention(v: Validation) -> None:
-    from importlib.util import find_spec
-
+    from sft_recipes.environment import has_package
     from sft_recipes.model.attention import FLASH_PACKAGES
 
     m = v.recipe.model
     requested = m.attn_implementation
     package = FLASH_PACKAGES.get(requested or "")
-    if package and find_spec(package) is None:
+    if package and not has_package(package):
         message = f"{requested} needs the `{package}` package, which is not installed"
         if m.attn_strict:
             v.add(
@@ -207,7 +204,7 @@ def check_attention(v: Validation) -> None:
                 warning=True,
             )
         v.summary["attention"] = f"sdpa (fallback: {requested} not installed)"
-    elif requested and "/" in requested and find_spec("kernels") is None:
+    elif requested and "/" in requested and not has_package("kernels"):
         v.add(
             v.key("attn_implementation"), f"hub kernel {requested} needs the `kernels` package", "pip install kernels"
         )

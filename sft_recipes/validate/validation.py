@@ -41,11 +41,11 @@ class Validation:
 
     def key(self, name: str) -> str:
         """`recipe.yaml:LINE (name)` when the key is in the recipe file, else the key itself."""
-        from sft_recipes.config import _yaml_lines
+        from sft_recipes.recipe_file import key_lines
 
         path = self.recipe.path
         if self.lines is None:
-            self.lines = _yaml_lines(path) if path and os.path.isfile(path) else {}
+            self.lines = key_lines(path) if path and os.path.isfile(path) else {}
         return f"{path}:{self.lines[name]} ({name})" if name in self.lines else name
 
     def extend(self, problems: list[Problem]) -> None:
