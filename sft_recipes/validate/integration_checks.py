@@ -3,6 +3,7 @@ patches in. Each fails inside `trainer.__init__` or at the first step otherwise,
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ def check_hub(v: Validation) -> None:
             "run `hf auth login`, or set HF_TOKEN (or hub_token) to a token with write access",
         )
         return
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one request per launch: the other ranks of train's preflight skip it
     from huggingface_hub import whoami
 
     try:

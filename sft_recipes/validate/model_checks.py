@@ -174,10 +174,10 @@ def _check_lora(v: Validation, model: Any) -> None:
         lora = build_lora_config(m, model, v.kind or "causal_lm")
     except (TypeError, ValueError) as err:
         message = str(err).splitlines()[0]
-        named = [
+        keys = [
             k for f, k in LORA_FIELDS.items() if f"`{f}`" in message or "_" in f and f.replace("_", " ") in message
         ]
-        key = named[0] if named else None
+        key = keys[0] if keys else None
         v.add(v.key(key or "use_peft"), f"PEFT refuses the LoRA config: {message}", f"fix {key or 'the LoRA keys'}")
         return
     assert lora is not None

@@ -220,7 +220,8 @@ CASES = [
          setup=without("is_tensorboard_available"), report_to=["tensorboard"]),
     case("liger-kernel-not-installed", "@use_liger_kernel", "liger-kernel >= 0.3.0",
          setup=without("is_liger_kernel_available"), use_liger_kernel=True),
-    case("liger-kernel-on-cpu", "@use_liger_kernel", "need a GPU", setup=liger_installed, use_liger_kernel=True),
+    case("liger-kernel-on-cpu", "@use_liger_kernel", "need a GPU", setup=liger_installed, use_liger_kernel=True,
+         use_cpu=True),
     # data files whose rows are not objects, named by file (not by the `json` builder)
     case("json-array-of-numbers", "numbers.json", "a JSON array of int", "each row must be a JSON object",
          dataset_name="{bad}/numbers.json"),

@@ -18,6 +18,19 @@ def test_the_suite_has_at_least_120_cases():
     assert len({param.id for param in CASES}) == len(CASES)
 
 
+def test_every_range_is_a_numeric_recipe_field_with_a_case_outside_it():
+    import typing
+
+    from sft_recipes.config import field_types
+    from sft_recipes.validate.range_checks import RANGES
+
+    hints = field_types()
+    named = {expected[1:] for param in CASES for expected in param.values[0].expect if expected.startswith("@")}
+    for key in RANGES:
+        assert {int, float} & set(typing.get_args(hints[key]) or (hints[key],)), key
+        assert key in named, f"no bad-input case for the range of {key}"
+
+
 @pytest.mark.parametrize("bad", CASES)
 def test_bad_input_exits_2_naming_key_file_or_line_and_writes_nothing(
     bad: Case, tmp_path, places, monkeypatch, capsys, llama_dir
