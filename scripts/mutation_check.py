@@ -17,9 +17,11 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,9 +65,13 @@ def pytest_command(mutant: Mutant) -> list[str]:
 
 def run_tests(command: list[str], timeout: float) -> tuple[str, float, str]:
     """("passed" | "failed" | "timeout" | "no tests", seconds, the first failure line) of one pytest run, in its own
-    process group so that a timeout or Ctrl-C also ends the runs the tests start."""
+    process group so that a timeout or Ctrl-C also ends the runs the tests start.
+
+    Each run gets an empty datasets cache: a conversion cached under a mutant (datasets fingerprints the map
+    function, not the code it calls) would otherwise be read back by the runs after it, unmutated ones included."""
+    cache = tempfile.mkdtemp(prefix="mutation-datasets-")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env |= {"HF_DATASETS_CACHE": cache, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     started = time.monotonic()
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -80,6 +86,8 @@ def run_tests(command: list[str], timeout: float) -> tuple[str, float, str]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     seconds = round(time.monotonic() - started, 1)
     first = next((line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))), "")
     if proc.returncode == 0:
