@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.data.preference import (
@@ -93,6 +96,9 @@ def to_trl_format(
         "base_dir": base_dir or source_dir(source),
         "conversational": conversational,
         "source": source,
+        # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without this, a
+        # conversion cached by an older sft-recipes would be read back after those checks changed.
+        "code": conversion_code(),
     }
     map_kwargs = {"with_indices": True, "batched": True, "fn_kwargs": fn_kwargs, "remove_columns": columns}
     if not isinstance(dataset, Dataset):
@@ -168,6 +174,15 @@ class _BadRows(Exception):
 
     def __str__(self) -> str:  # what a stream shows when a bad row turns up mid-training
         return "\n".join(str(p) for p in self.args[0])
+
+
+@functools.cache
+def conversion_code() -> str:
+    """A hash of the data layer's source, part of the conversion's cache fingerprint."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _convert_batch(batch: dict, indices: list[int], **kw) -> dict:
