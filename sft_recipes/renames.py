@@ -57,6 +57,11 @@ RENAMED = _entries(
         "chars_per_token", None, "drop", "TRL 0.18 removed it: packing fills `max_length` tokens, not characters",
         f"{TRL_SFT} 0.16 __post_init__: '`chars_per_token` is deprecated ... use `max_length`'",
     ),
+    # recipes written for LLaMA-Factory
+    Renamed(
+        "lora_rank", "lora_r", "rename", "LLaMA-Factory calls the LoRA rank `lora_rank`; TRL's ModelConfig `lora_r`",
+        "LLaMA-Factory src/llamafactory/hparams/finetuning_args.py: `lora_rank: int = 8`",
+    ),
     # transformers
     Renamed(
         "torch_dtype", "dtype", "rename", "transformers 5 and TRL's ModelConfig renamed it",

@@ -196,3 +196,8 @@ def test_every_table_entry_names_its_source_and_a_reason():
     for entry in RENAMED.values():
         assert entry.reason and entry.source and entry.action in RULES, entry
     assert all(reason and source for _, reason, source in VALUES.values())
+
+
+def test_a_llama_factory_lora_rank_becomes_lora_r(known, tmp_path):
+    new = yaml.safe_load(migrated("model_name_or_path: x\nuse_peft: true\nlora_rank: 16\n", known, tmp_path).text)
+    assert new == {"model_name_or_path": "x", "use_peft": True, "lora_r": 16}
