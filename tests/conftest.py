@@ -19,7 +19,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 # Session runs trained on first use (demo_run_dir, lora_run_dir, ...); tests/ is on sys.path (pyproject: pythonpath).
-pytest_plugins = ["helpers.trained_runs"]
+pytest_plugins = ["helpers.trained_runs", "helpers.data_rows"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,6 +20,8 @@ from sft_recipes.data.formats import check_rows, detect_format, to_trl_format
 from sft_recipes.data.loading import check_file, load_training_data
 from sft_recipes.errors import RecipeError
 
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
+
 FIXTURES = Path(__file__).parents[1] / "data"
 TURN = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 TURN_PAIRS = (("user", "q"), ("assistant", "a"))
@@ -28,11 +30,6 @@ TURN_PAIRS = (("user", "q"), ("assistant", "a"))
 @dataclass
 class ScriptArgs(trl.ScriptArguments):  # stands in for sft_recipes.config.ScriptArguments
     dataset_format: str = "auto"
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import datasets
 import pytest
-from trl import DatasetMixtureConfig, SFTConfig
+from helpers.data_rows import load_rows
 
-from sft_recipes.config import ScriptArguments
-from sft_recipes.data.loading import load_training_data
 from sft_recipes.errors import RecipeError
+
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 # LLaMA-Factory's data/mllm_demo.json, with a second image in the second user turn as its README shows.
 MLLM_DEMO = {
@@ -23,17 +22,6 @@ MLLM_DEMO = {
     ],
     "images": ["mllm_demo_data/1.png", "mllm_demo_data/2.png"],
 }
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
-def load(path):
-    args = SFTConfig(output_dir="unused", use_cpu=True, bf16=False, eval_strategy="no")
-    train, _ = load_training_data(ScriptArguments(dataset_name=str(path)), DatasetMixtureConfig(), args)
-    return train
 
 
 def png(path, colour="red"):
@@ -57,7 +45,7 @@ def text(s):
 def test_image_markers_become_typed_content_in_marker_order(tmp_path):
     png(tmp_path / "mllm_demo_data/1.png", "red")
     png(tmp_path / "mllm_demo_data/2.png", "blue")
-    train = load(write_jsonl(tmp_path / "mllm.jsonl", [MLLM_DEMO]))
+    train = load_rows(write_jsonl(tmp_path / "mllm.jsonl", [MLLM_DEMO]))
     image = {"type": "image"}
     assert train[0]["messages"] == [
         {"role": "user", "content": [image, text("Who are they?")]},
@@ -72,7 +60,7 @@ def test_llava_sharegpt_rows_with_one_image_column_become_typed_content(tmp_path
     png(tmp_path / "coco" / "1.png")
     row = {"image": "coco/1.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
                                                    {"from": "gpt", "value": "A red square."}]}  # fmt: skip
-    train = load(write_jsonl(tmp_path / "llava.jsonl", [row]))
+    train = load_rows(write_jsonl(tmp_path / "llava.jsonl", [row]))
     assert train[0]["messages"][0] == {"role": "user", "content": [{"type": "image"}, text("\nWhat is it?")]}
     assert len(train[0]["images"]) == 1
 
@@ -86,7 +74,7 @@ def test_image_paths_resolve_next_to_the_data_file_first_then_the_working_direct
              "images": [name]} for name in ("both.png", "cwd_only.png")]  # fmt: skip
     path = write_jsonl(tmp_path / "data" / "rows.jsonl", rows)
     monkeypatch.chdir(cwd)
-    train = load(path)
+    train = load_rows(path)
     assert [row["images"][0].getpixel((0, 0)) for row in train] == [(255, 0, 0), (0, 0, 255)]
 
 
@@ -96,7 +84,7 @@ def test_marker_and_image_count_mismatch_is_an_error_naming_file_and_row(tmp_pat
     one_image = {**MLLM_DEMO, "images": MLLM_DEMO["images"][:1]}
     path = write_jsonl(tmp_path / "mllm.jsonl", [MLLM_DEMO, one_image])
     with pytest.raises(RecipeError) as err:
-        load(path)
+        load_rows(path)
     assert [(p.where, p.message.split(":")[0]) for p in err.value.problems] == [
         (f"{path}[row 1]", "1 images but 2 image placeholders in the messages")
     ]
@@ -106,7 +94,7 @@ def test_a_missing_image_names_both_places_looked_in(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_jsonl(tmp_path / "data" / "rows.jsonl", [{**MLLM_DEMO, "images": ["a.png", "b.png"]}])
     with pytest.raises(RecipeError) as err:
-        load(path)
+        load_rows(path)
     message = err.value.problems[0].message
     assert message.startswith("images[0] not found: a.png")
     assert str(tmp_path / "data") in message and str(tmp_path) in message
@@ -118,7 +106,9 @@ def test_an_image_placeholder_in_a_tool_message_is_an_error(tmp_path):
                 {"role": "tool", "content": "<image>"}, {"role": "assistant", "content": "A red square."}]  # fmt: skip
     path = write_jsonl(tmp_path / "tool.jsonl", [{"messages": messages, "images": ["shot.png"]}])
     with pytest.raises(RecipeError) as err:
-        load(path)  # TRL's collator would raise "Number of images provided (1) does not match ... placeholders (0)"
+        load_rows(
+            path
+        )  # TRL's collator would raise "Number of images provided (1) does not match ... placeholders (0)"
     assert [(p.where, p.message.split(",")[0]) for p in err.value.problems] == [
         (f"{path}[row 0]", "a tool message holds an image placeholder")
     ]

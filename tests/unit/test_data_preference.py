@@ -7,13 +7,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import datasets
 import pytest
-from trl import DatasetMixtureConfig, SFTConfig
+from helpers.data_rows import load_rows
 
-from sft_recipes.config import ScriptArguments
-from sft_recipes.data.loading import load_training_data
 from sft_recipes.errors import RecipeError
+
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 USER = [{"role": "user", "content": "What colour is the sky?"}]
 GOOD = [{"role": "assistant", "content": "It is blue."}]
@@ -43,17 +42,6 @@ LAYOUTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
-def load(path, **script):
-    args = SFTConfig(output_dir="unused", use_cpu=True, bf16=False, eval_strategy="no")
-    train, _ = load_training_data(ScriptArguments(dataset_name=str(path), **script), DatasetMixtureConfig(), args)
-    return train
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -64,7 +52,7 @@ def test_preference_rows_get_one_error_naming_the_format_and_the_choices(tmp_pat
     row, named, _ = LAYOUTS[layout]
     path = write_jsonl(tmp_path / "pairs.jsonl", [row] * 5)
     with pytest.raises(RecipeError) as err:
-        load(path)
+        load_rows(path)
     [problem] = err.value.problems  # once for the file, not "no assistant turn" once per row
     assert problem.where == str(path)
     assert problem.message.startswith(f"this is {named}")
@@ -74,7 +62,7 @@ def test_preference_rows_get_one_error_naming_the_format_and_the_choices(tmp_pat
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_preference_column_chosen_trains_on_the_chosen_answer(tmp_path, layout):
     row, _, expected = LAYOUTS[layout]
-    train = load(write_jsonl(tmp_path / "pairs.jsonl", [row]), preference_column="chosen")
+    train = load_rows(write_jsonl(tmp_path / "pairs.jsonl", [row]), preference_column="chosen")
     assert train.column_names == ["prompt", "completion"]
     assert list(train) == [expected]
 
@@ -88,8 +76,8 @@ def test_llama_factory_sharegpt_preference_rows_train_on_the_chosen_message(tmp_
     path = tmp_path / "dpo_en_demo.json"
     path.write_text(json.dumps([row]))
     with pytest.raises(RecipeError, match="explicit prompt in 'conversations'"):
-        load(path)
-    train = load(path, preference_column="chosen")
+        load_rows(path)
+    train = load_rows(path, preference_column="chosen")
     assert list(train) == [
         {
             "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}],
@@ -108,7 +96,7 @@ def test_label_false_rows_are_excluded_with_a_logged_count(tmp_path, caplog, lay
     rows = [row("It is blue.", True), row("It is green.", False), row("Blue.", True), row("Red.", False)]
     path = write_jsonl(tmp_path / "kto.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="sft_recipes.data"):
-        train = load(path)
+        train = load_rows(path)
     answers = [(r.get("messages") or r["completion"])[-1]["content"] for r in train]
     assert answers == ["It is blue.", "Blue."]
     assert "label" not in train.column_names
@@ -118,9 +106,9 @@ def test_label_false_rows_are_excluded_with_a_logged_count(tmp_path, caplog, lay
 def test_only_label_false_rows_leave_nothing_to_train_on(tmp_path):
     path = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "q", "completion": "bad", "label": False}] * 3)
     with pytest.raises(RecipeError, match="empty once its label: false rows are excluded"):
-        load(path)
+        load_rows(path)
 
 
 def test_a_label_column_that_is_not_boolean_is_left_alone(tmp_path):
     rows = [{"prompt": "q", "completion": f"a{i}", "label": i} for i in range(3)]  # a class id, not a verdict
-    assert len(load(write_jsonl(tmp_path / "classes.jsonl", rows))) == 3
+    assert len(load_rows(write_jsonl(tmp_path / "classes.jsonl", rows))) == 3

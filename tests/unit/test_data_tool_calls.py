@@ -7,12 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets
 import pytest
-from trl import DatasetMixtureConfig, SFTConfig
+from helpers.data_rows import load_rows
 
-from sft_recipes.config import ScriptArguments
 from sft_recipes.data.formats import to_trl_format
-from sft_recipes.data.loading import load_training_data
 from sft_recipes.errors import RecipeError
+
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 AREA = {
     "name": "calculate_area",
@@ -43,24 +43,13 @@ GLAIVE = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def hf_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-
-
-def load(path, **script):
-    args = SFTConfig(output_dir="unused", use_cpu=True, bf16=False, eval_strategy="no")
-    train, _ = load_training_data(ScriptArguments(dataset_name=str(path), **script), DatasetMixtureConfig(), args)
-    return train
-
-
 def write_json(path, rows):
     path.write_text(json.dumps(rows, indent=2))  # a JSON array, as LLaMA-Factory ships its demo files
     return path
 
 
 def test_glaive_function_call_and_observation_turns_become_tool_calls_and_tool_messages(tmp_path):
-    train = load(write_json(tmp_path / "glaive.json", GLAIVE))
+    train = load_rows(write_json(tmp_path / "glaive.json", GLAIVE))
     call = {"name": "calculate_area", "arguments": RECTANGLE}
     assert train[0]["messages"] == [
         {"role": "user", "content": "The area of a 5 by 3 rectangle?"},
@@ -109,5 +98,5 @@ def test_parallel_calls_and_openai_string_arguments_become_argument_mappings(tmp
 def test_bad_tool_rows_are_errors_naming_file_and_row(tmp_path, row, message):
     path = write_json(tmp_path / "glaive.json", [GLAIVE[1], row])
     with pytest.raises(RecipeError) as err:
-        load(path)
+        load_rows(path)
     assert [(p.where, p.message.startswith(message)) for p in err.value.problems] == [(f"{path}[row 1]", True)]
