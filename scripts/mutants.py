@@ -24,7 +24,7 @@ class Mutant:
 
 LOADER = "sft_recipes/model/loading.py"
 ROPE = "sft_recipes/model/rope.py"
-ADAPTER = "sft_recipes/model/adapter.py"
+ADAPTER = "sft_recipes/trained.py"
 KIND = "sft_recipes/model/kind.py"
 TOKENIZER = "sft_recipes/model/tokenizer.py"
 LORA = "sft_recipes/model/lora.py"

@@ -14,23 +14,14 @@ from typing import Any
 
 from sft_recipes.arguments import command_parser
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model.adapter import load_trained_model
+from sft_recipes.trained import load_trained_model
 
 logger = logging.getLogger("sft_recipes")
+# Copied beside the merged weights, each from the adapter folder, else from the base model's.
 PROCESSOR_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "generation_config.json",
-    "recipe.yaml",
+    *("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "added_tokens.json"),
+    *("vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json"),
+    *("processor_config.json", "preprocessor_config.json", "recipe.yaml"),
 )
 # How far the merged model's logits may be from the trained model's (quantized base + adapter), as a share of the
 # adapter's effect (max |trained - base|). A float32 merge is exact up to rounding, so it must also stay under
@@ -69,9 +60,9 @@ def merge_adapter(
         raise RecipeError(Problem(str(out), "already exists and is not empty", "choose another --out, or --overwrite"))
     run = load_trained_model(adapter, base, dtype)
     trained = run.model
-    rows = int(trained.get_input_embeddings().weight.shape[0])
-    ids = torch.randint(0, rows, (2, check_tokens), generator=torch.Generator().manual_seed(0))
-    device = trained.get_input_embeddings().weight.device
+    embeddings = trained.get_input_embeddings().weight
+    ids = torch.randint(0, embeddings.shape[0], (2, check_tokens), generator=torch.Generator().manual_seed(0))
+    device = embeddings.device
     base_folder = Path(trained.get_base_model().name_or_path)  # the tokenizer's source when the run saved none
     with torch.no_grad():
         trained_logits = trained(input_ids=ids.to(device)).logits.float().cpu()
@@ -121,15 +112,6 @@ def merge_into_dequantized(trained: Any, adapter: Path, dtype: Any) -> Any:
     return merged.to(dtype).eval()
 
 
-def drift_limit(effect: float, precision: Any) -> float:
-    """The largest drift the check accepts, given the adapter's effect and the coarsest dtype computed in."""
-    import torch
-
-    if precision == torch.float32:
-        return min(FP32_TOLERANCE, FP32_DRIFT_SHARE * effect)
-    return HALF_DRIFT_SHARE * effect
-
-
 def drift_line(figures: dict[str, Any]) -> str:
     drift, effect = figures["max_abs_merged_vs_trained"], figures["max_abs_trained_vs_base"]
     return (
@@ -143,6 +125,8 @@ def drift_line(figures: dict[str, Any]) -> str:
 def check_merge(figures: dict[str, Any], precision: Any) -> None:
     """Fail when the merged model is not the trained one, or when the adapter did nothing at all. precision: the
     coarsest dtype the trained or the merged model computes in."""
+    import torch
+
     drift, effect = figures["max_abs_merged_vs_trained"], figures["max_abs_trained_vs_base"]
     if effect == 0.0:
         raise RecipeError(
@@ -152,7 +136,7 @@ def check_merge(figures: dict[str, Any], precision: Any) -> None:
                 "train it first; merging it would be a no-op",
             )
         )
-    limit = drift_limit(effect, precision)
+    limit = min(FP32_TOLERANCE, FP32_DRIFT_SHARE * effect) if precision == torch.float32 else HALF_DRIFT_SHARE * effect
     if drift > limit:
         raise RecipeError(
             Problem(

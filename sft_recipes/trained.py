@@ -1,11 +1,8 @@
-"""A trained run loaded for inference: full weights, an adapter on its base, a merged folder or a checkpoint.
-
-`locate_run` reads what a folder holds (its small files, never the weights); `load_trained` loads it with the run's
-own chat template, generation config and EOS ids, the adapter's base quantized the way it was trained.
-"""
+"""A trained run (output_dir, merged/, checkpoint-N/) loaded to chat, score or merge: full weights or base+adapter."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -14,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, text_config
+from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype, text_config
+from sft_recipes.model.loading import embedding_rows
 from sft_recipes.model.rope import BASE_CONFIG
+from sft_recipes.run_dir import checkpoints
 
 logger = logging.getLogger("sft_recipes")
 
@@ -36,12 +35,11 @@ class RunLayout:
     weights: str  # "full" (config.json + weights) or "adapter" (adapter_config.json on a base model)
     source: str  # "run", "merged" or "checkpoint"
     config: dict[str, Any]  # config.json of the model (the base's, for an adapter)
-    kind: str  # sft_recipes.model.CAUSAL_LM or IMAGE_TEXT_TO_TEXT
+    kind: str  # sft_recipes.model.kind.CAUSAL_LM or IMAGE_TEXT_TO_TEXT
     base: str | None = None  # the adapter's base model
     recipe: dict[str, Any] = field(default_factory=dict)  # the recipe.yaml train wrote ({} for a plain model)
     recipe_path: Path | None = None
     generation_dir: Path | None = None  # where generation_config.json comes from
-    base_config: Path | None = None  # an adapter's base config as training changed it (RoPE scaling), if it did
 
     @property
     def quantization(self) -> str | None:
@@ -101,8 +99,7 @@ class TrainedRun:
             )
         inputs = self.processing_class.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        inputs = inputs.to(self.model.device)
+        ).to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
@@ -112,8 +109,6 @@ class TrainedRun:
     ) -> list[int]:
         """The new token ids of one reply, with the run's generation config (`overrides` win, e.g. do_sample=False);
         generation ends at any of eos_token_ids."""
-        import copy
-
         import torch
 
         inputs = self.encode(messages)
@@ -132,8 +127,20 @@ class TrainedRun:
         return self.layout.describe()
 
 
+@dataclass
+class Trained:
+    """The trained model (base + adapter, in eval mode) and what the merge and its check need to know about it."""
+
+    model: Any  # a PeftModel
+    base_weights: str  # how training stored the base weights, e.g. "nf4 4-bit, double quant"
+    dtype: Any  # the merged model's dtype
+    precision: Any  # the coarsest dtype either model computes in: the check's tolerance follows it
+
+
 def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     """Read what `path` holds; `base` overrides the adapter's recorded base model. Reads no weights."""
+    import yaml
+
     path = Path(path).expanduser()
     if not path.exists():
         raise RecipeError(Problem(str(path), "does not exist", RUN_FIX))
@@ -141,10 +148,13 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
         raise RecipeError(Problem(str(path), "is a file, not a run folder", RUN_FIX))
     is_checkpoint = re.fullmatch(r"checkpoint-\d+", path.name) is not None
     source = "checkpoint" if is_checkpoint else "merged" if (path / "merge_check.json").is_file() else "run"
-    recipe_path = next((p for p in _run_files(path, "recipe.yaml", is_checkpoint)), None)
-    recipe = _read_recipe(recipe_path) if recipe_path else {}
+    recipe_path = next(iter(_run_files(path, "recipe.yaml", is_checkpoint)), None)
+    recipe = (yaml.safe_load(recipe_path.read_text()) or {}) if recipe_path else {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(
+            Problem(str(recipe_path), "is not a mapping of recipe keys", "restore the recipe.yaml train wrote")
+        )
     generation_dir = next((p.parent for p in _run_files(path, "generation_config.json", is_checkpoint)), None)
-    base_config = next(iter(_run_files(path, BASE_CONFIG, is_checkpoint)), None)
     if (path / "adapter_config.json").is_file():
         adapter = json.loads((path / "adapter_config.json").read_text())
         overridden = base is not None
@@ -165,9 +175,7 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     else:
         raise RecipeError(Problem(str(path), _not_a_run(path), RUN_FIX))
     kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
-    if weights != "adapter":
-        base_config = None
-    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir, base_config)
+    return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
 
 
 def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
@@ -176,23 +184,9 @@ def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
-def _read_recipe(path: Path) -> dict[str, Any]:
-    import yaml
-
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise RecipeError(Problem(str(path), "is not a mapping of recipe keys", "restore the recipe.yaml train wrote"))
-    return recipe
-
-
 def _not_a_run(path: Path) -> str:
-    checkpoints = sorted(
-        (p for p in path.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    if checkpoints:
-        names = ", ".join(p.name for p in checkpoints)
-        return f"no final weights (the run did not finish?), only checkpoints: {names}"
+    if found := checkpoints(path):
+        return f"no final weights (the run did not finish?), only checkpoints: {', '.join(p.name for p in found)}"
     return "not a run: no config.json with weights and no adapter_config.json"
 
 
@@ -217,27 +211,31 @@ def _base_config(adapter: Path, base: str | None, recipe: dict[str, Any], overri
 def load_trained(
     path: str | Path, base: str | None = None, dtype: str | None = None, device: str | None = None
 ) -> TrainedRun:
-    """Load any run for inference (see locate_run). `base` overrides an adapter's base model, `dtype` the weights'
-    dtype (default: as trained), `device` where it runs (default: the GPU when there is one)."""
+    """Load any run for inference (see locate_run) with its own chat template, generation config and EOS ids.
+    `base` overrides an adapter's base model, `dtype` the weights' dtype (default: as trained), `device` where it
+    runs (default: the GPU when there is one)."""
     layout = locate_run(path, base)  # before torch loads: a wrong path fails at once
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    auto_class = AutoModelForImageTextToText if layout.kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     processing_class = _load_processing_class(layout)
-    common: dict[str, Any] = {
-        "trust_remote_code": bool(layout.recipe.get("trust_remote_code", False)),
-        "use_safetensors": None if layout.recipe.get("allow_pickle_weights") else True,
-    }
     logger.info("Loading %s", layout.describe())
     model: Any
     try:
         if layout.weights == "adapter":
-            model = _load_adapter(layout, dtype, device)
+            trained = load_trained_model(layout.path, layout.base, dtype, layout.recipe_path)
+            model = trained.model
+            if trained.base_weights == "unquantized":  # else bitsandbytes layers stay where the loader placed them
+                model = model.to(device, dtype=getattr(torch, dtype) if dtype and dtype != "auto" else None)
         else:
-            model = auto_class.from_pretrained(layout.path, dtype=dtype or "auto", **common)
-            model = model.to(device)
+            auto_class = AutoModelForImageTextToText if layout.kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+            model = auto_class.from_pretrained(
+                layout.path,
+                dtype=dtype or "auto",
+                trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
+                use_safetensors=None if layout.recipe.get("allow_pickle_weights") else True,
+            ).to(device)
     except OSError as err:
         raise RecipeError(
             Problem(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX)
@@ -279,23 +277,8 @@ def _load_processing_class(layout: RunLayout) -> Any:
     return processing_class
 
 
-def _load_adapter(layout: RunLayout, dtype: str | None, device: str) -> Any:
-    """The base loaded as it was trained (model.adapter: the run's recipe through the loader), adapter on."""
-    import torch
-
-    from sft_recipes.model.adapter import load_trained_model
-
-    trained = load_trained_model(layout.path, layout.base, dtype, layout.recipe_path)
-    model = trained.model
-    if trained.base_weights != "unquantized":
-        return model  # bitsandbytes layers stay where the loader placed them
-    return model.to(device, dtype=getattr(torch, dtype) if dtype and dtype != "auto" else None)
-
-
 def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:
     """The run's generation_config.json (else the model's), stopping at every EOS id it lists and the tokenizer's."""
-    import copy
-
     from transformers import GenerationConfig
 
     if layout.generation_dir is not None:
@@ -318,3 +301,128 @@ def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:
     if generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     return generation
+
+
+def load_trained_model(adapter: Path, base: str | None, dtype: str | None, recipe_path: Path | None = None) -> Trained:
+    """The trained model in eval mode: the base loaded the way training loaded it (the run's recipe.yaml through
+    the model layer's loader: quantization, dtype, RoPE scaling, grown vocabulary) with the adapter on."""
+    from peft import PeftModel
+
+    from sft_recipes.environment import has_package
+    from sft_recipes.model.kind import compute_dtype, load_config_dict
+    from sft_recipes.model.loading import load_model
+    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.topology import Topology
+
+    recipe = run_recipe(recipe_path or adapter / "recipe.yaml")
+    if recipe is None:
+        return _load_without_recipe(adapter, base, dtype)
+    model_args, training_args = recipe.model, recipe.training
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    model_args.model_name_or_path = (
+        base or adapter_config.get("base_model_name_or_path") or model_args.model_name_or_path
+    )
+    if (adapter / "tokenizer_config.json").is_file():
+        model_args.tokenizer_name_or_path = str(adapter)  # the tokenizer as trained (a pad token may have been added)
+    training_args.gradient_checkpointing = False  # nothing is trained here; its hooks would only cost time
+    config = load_config_dict(model_args, training_args.trust_remote_code)
+    kind = detect_model_kind(config, model_args.model_kind)
+    processing_class = load_processing_class(model_args, training_args, kind)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    model = load_model(model_args, training_args, kind, config, tokenizer, Topology())  # one process, as merged
+    trained: Any = PeftModel.from_pretrained(model, str(adapter))
+    trained.eval()
+    if has_package("bitsandbytes"):
+        import bitsandbytes as bnb
+
+        # bitsandbytes layers on the path they took in training: Linear4bit's packed CPU inference kernel off, and
+        # Linear8bitLt on CPU through the dequantize-then-matmul path it trains with (MatMul8bitFp, taken in
+        # training mode only) instead of int8 inference.
+        for module in trained.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+            elif isinstance(module, bnb.nn.Linear8bitLt) and module.weight.device.type == "cpu":
+                module.training = True
+    out_dtype = resolve_dtype(dtype, training_args, config)
+    computed = [out_dtype, resolve_dtype(model_args.dtype, training_args, config)]
+    base_weights = "unquantized"
+    if model_args.load_in_4bit:
+        nested = ", double quant" if model_args.use_bnb_nested_quant else ""
+        base_weights = f"{model_args.bnb_4bit_quant_type} 4-bit{nested}"
+    elif model_args.load_in_8bit:
+        base_weights = "int8 (LLM.int8)"
+    if base_weights != "unquantized":
+        computed.append(compute_dtype(training_args))
+    return Trained(trained, base_weights, out_dtype, min(computed, key=lambda d: d.itemsize))
+
+
+def run_recipe(path: Path) -> Any:
+    """A run's recipe.yaml parsed as train parsed it (None when there is none). Its `env:` block is left out: train
+    wrote secrets there as <redacted>, which must not replace the real ones in this process."""
+    import tempfile
+
+    import yaml
+
+    from sft_recipes.config import parse_recipe
+    from sft_recipes.recipe_file import load_yaml
+
+    if not path.is_file():
+        return None
+    raw = load_yaml(str(path))
+    raw.pop("env", None)
+    with tempfile.TemporaryDirectory() as folder:
+        copy_path = Path(folder) / "recipe.yaml"
+        copy_path.write_text(yaml.safe_dump(raw))
+        try:
+            return parse_recipe(["--config", str(copy_path)])
+        except RecipeError as err:
+            problem = err.problems[0]
+            raise RecipeError(
+                Problem(
+                    str(path),
+                    f"the run's recipe no longer parses: {problem.message}",
+                    problem.fix or "restore the recipe.yaml that train wrote",
+                )
+            ) from None
+
+
+def _load_without_recipe(adapter: Path, base: str | None, dtype: str | None) -> Trained:
+    """An adapter without recipe.yaml (not trained here): its base as stored, grown to the adapter's vocabulary."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, PretrainedConfig
+
+    base = base or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise RecipeError(Problem("--base", "the adapter does not name its base model", "pass --base MODEL"))
+    logger.warning(
+        "%s has no recipe.yaml: merging into %s as stored; a 4/8-bit trained adapter will drift", adapter, base
+    )
+    config, _ = PretrainedConfig.get_config_dict(base)
+    auto_class = (
+        AutoModelForImageTextToText if detect_model_kind(config) == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
+    )
+    recorded = adapter / BASE_CONFIG  # the RoPE scaling the base was trained with, when it was
+    model_config = AutoConfig.from_pretrained(recorded) if recorded.is_file() else None
+    model: Any = auto_class.from_pretrained(base, config=model_config, dtype=torch.float32)
+    vocab = adapter_vocab_size(adapter)
+    if vocab and vocab != embedding_rows(model):
+        model.resize_token_embeddings(vocab)
+    trained: Any = PeftModel.from_pretrained(model, str(adapter))
+    trained.eval()
+    out_dtype = resolve_dtype(dtype, None, config)
+    return Trained(trained, "unquantized", out_dtype, out_dtype)
+
+
+def adapter_vocab_size(adapter: Path) -> int | None:
+    """The embedding rows the adapter was trained with, when training resized them (it then saves embed_tokens)."""
+    from safetensors import safe_open
+
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), "pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            if key.endswith(("embed_tokens.weight", "embed_tokens.modules_to_save.default.weight")):
+                return int(handle.get_slice(key).get_shape()[0])
+    return None

@@ -45,10 +45,9 @@ def resolve_attn_implementation(
 
 
 def best_attn_implementation(config: dict[str, Any], dtype: Any = None) -> tuple[str, str]:
-    """The fastest attention this machine and model allow, and why: flash_attention_3 on Hopper (compute capability
-    9.x), flash_attention_2 from Ampere on (8.0+), each only with its package installed and 16-bit weights (the
-    kernels have no fp32 path); else sdpa, else eager (models without sdpa support, e.g. Gemma-2). Hub kernels
-    (`kernels-community/...`) are never picked by themselves: they are fetched from the hub at load time."""
+    """The fastest attention this machine and model allow, and why: flash_attention_3 on Hopper (9.x), 2 from Ampere
+    (8.0+), each with its package and 16-bit weights (no fp32 kernels); else sdpa, else eager (e.g. Gemma-2). Hub
+    kernels (`kernels-community/...`) are never picked: they are fetched from the hub at load time."""
     import torch
 
     fallback = "sdpa" if supports_sdpa(config) else "eager"
@@ -68,27 +67,19 @@ def best_attn_implementation(config: dict[str, Any], dtype: Any = None) -> tuple
     return fallback, "flash-attn not installed (pip install 'sft-recipes[flash-attn]')"
 
 
-def _model_class_flag(config: dict[str, Any], flag: str) -> bool:
-    """A class attribute (`_supports_flash_attn`, ...) of the model class config.json maps to; True when unknown."""
+def _model_class_flag(config: dict[str, Any], flag: str, causal_only: bool = False) -> bool:
+    """A class attribute (`_supports_flash_attn`, ...) of the model class config.json maps to, the image-text one
+    first unless causal_only; True when unknown."""
     import transformers
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-    )
+    from transformers.models.auto import modeling_auto
 
     model_type = config.get("model_type", "")
-    names = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type) or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(
-        model_type
-    )
+    names = None if causal_only else modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
+    names = names or modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     model_class = getattr(transformers, names, None) if isinstance(names, str) else None
     return bool(getattr(model_class, flag, True))
 
 
 def supports_sdpa(config: dict[str, Any]) -> bool:
-    """Whether the model class of this config.json accepts attn_implementation="sdpa" (Gemma-2 does not)."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
-    model_class = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
-    return bool(getattr(model_class, "_supports_sdpa", True))
+    """Whether the causal-LM class of this config.json accepts attn_implementation="sdpa" (Gemma-2's does not)."""
+    return _model_class_flag(config, "_supports_sdpa", causal_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,15 +17,10 @@ logger = logging.getLogger("sft_recipes")
 
 CAUSAL_LM = "causal_lm"
 IMAGE_TEXT_TO_TEXT = "image_text_to_text"
-DTYPES = {
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
+DTYPES = {  # a recipe's dtype name -> torch's
+    **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
+    **dict.fromkeys(("float16", "fp16", "half"), "float16"),
+    **dict.fromkeys(("float32", "fp32", "float"), "float32"),
 }
 
 
@@ -63,6 +59,7 @@ def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
 def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[str, Any]:
     """config.json of a local directory or hub id (only that file is fetched, never the weights)."""
     from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     name = model_args.model_name_or_path
     if not name:
@@ -84,7 +81,7 @@ def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[s
                 "check model_name_or_path and model_revision, and hub access (HF_HUB_OFFLINE)",
             )
         ) from None
-    if "auto_map" in config and not trust_remote_code and config.get("model_type") not in _known_model_types():
+    if "auto_map" in config and not trust_remote_code and config.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise RecipeError(
             Problem(
                 "trust_remote_code",
@@ -109,16 +106,8 @@ def load_config_or_snapshot(
         name = model_args.model_name_or_path or ""
         if snapshot is None or not snapshot.is_file() or os.path.exists(os.path.expanduser(name)):
             raise
-        import json
-
         logger.warning("%s: config.json unreachable, using the architecture snapshot %s", name, snapshot)
         return json.loads(snapshot.read_text()), snapshot
-
-
-def _known_model_types() -> set[str]:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    return set(CONFIG_MAPPING_NAMES)
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -35,11 +35,6 @@ def load_model(
     dtype = resolve_dtype(model_args.dtype, training_args, config)
     quantization = build_quantization_config(model_args, compute_dtype(training_args), topology)
     name = model_args.model_name_or_path
-    common = dict(
-        revision=model_args.model_revision,
-        cache_dir=model_args.cache_dir,
-        trust_remote_code=training_args.trust_remote_code,
-    )
     model_config, rope = load_training_config(model_args, training_args)
     if rope is not None:
         logger.info(
@@ -69,18 +64,15 @@ def load_model(
         quantization_config=quantization,
         device_map=get_kbit_device_map(topology) if quantization is not None else None,
         use_safetensors=None if model_args.allow_pickle_weights else True,
-        **common,
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        trust_remote_code=training_args.trust_remote_code,
     )
     embeddings = embedding_rows(model)
     if len(tokenizer) > embeddings:
         # Open-Instruct: a multiple of 8 keeps the embedding matmul on tensor cores.
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
-        logger.info(
-            "Resized embeddings %d -> %d for %d tokens",
-            embeddings,
-            embedding_rows(model),
-            len(tokenizer),
-        )
+        logger.info("Resized embeddings %d -> %d for %d tokens", embeddings, embedding_rows(model), len(tokenizer))
     model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing
     model.config.get_text_config().use_cache = False  # a VLM's language model reads its own config (text_config)
     # Not when sharded: it upcasts every non-4-bit weight to fp32, and ZeRO-3/FSDP cannot gather mixed dtypes

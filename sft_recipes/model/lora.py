@@ -12,8 +12,6 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import PreTrainedModel
 
-# Path fragments of the parts of a VLM that are not the language model: the fallback for a model whose decoder
-# layers cannot be found.
 # peft.LoraConfig field -> the recipe key (trl.ModelConfig) it is built from, so PEFT's errors can name the key.
 LORA_FIELDS = {
     "r": "lora_r",
@@ -25,6 +23,7 @@ LORA_FIELDS = {
     "use_dora": "use_dora",
     "task_type": "lora_task_type",
 }
+# Path fragments of the parts of a VLM that are not the language model, for a model whose decoder layers are not found.
 VISION_PARTS = ("vision", "visual", "image", "multi_modal_projector", "mm_projector", "connector", "patch_embed")
 
 

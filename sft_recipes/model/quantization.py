@@ -14,10 +14,8 @@ if TYPE_CHECKING:
 
 
 def get_kbit_device_map(topology: Topology) -> dict[str, int] | None:
-    """Where a quantized model's weights go: this rank's GPU, or nowhere under ZeRO-3/FSDP (peft#306).
-
-    TRL removed its own in 1.8 (PR #6158). Never "auto": it spreads layers over GPUs and cannot train distributed.
-    """
+    """Where a quantized model's weights go: this rank's GPU, or nowhere under ZeRO-3/FSDP (peft#306). Never "auto":
+    it spreads layers over GPUs and cannot train distributed (TRL removed its own in 1.8, PR #6158)."""
     import torch
 
     if topology.sharded or not torch.cuda.is_available():
@@ -25,17 +23,13 @@ def get_kbit_device_map(topology: Topology) -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
-def zero3_gathers_weights_on_save(training_args: Any) -> bool:
-    """Whether ZeRO-3 gathers the full weights when saving (accelerate's `zero3_save_16bit_model`, DeepSpeed's
-    `stage3_gather_16bit_weights_on_model_save`); "auto" counts as no, as accelerate fills it with false."""
-    plugin = getattr(training_args, "deepspeed_plugin", None)
-    config = getattr(plugin, "deepspeed_config", None) or {}
-    return config.get("zero_optimization", {}).get("stage3_gather_16bit_weights_on_model_save") is True
-
-
 def check_sharded_combination(model_args: Any, training_args: Any, topology: Topology) -> None:
     """Refuse, before any weight loads, what ZeRO-3/FSDP cannot do or would leave without usable weights."""
-    if topology.mode == "zero3" and not model_args.use_peft and not zero3_gathers_weights_on_save(training_args):
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    zero = (getattr(plugin, "deepspeed_config", None) or {}).get("zero_optimization", {})
+    # Whether ZeRO-3 gathers the full weights on save; "auto" counts as no, as accelerate fills it with false.
+    gathers = zero.get("stage3_gather_16bit_weights_on_model_save") is True
+    if topology.mode == "zero3" and not model_args.use_peft and not gathers:
         raise RecipeError(
             Problem(
                 "zero3_save_16bit_model",

@@ -1,13 +1,8 @@
-"""RoPE scaling for a max_length beyond the model's context, right for every rope_parameters layout of transformers 5.
-
-Flat layouts hold one dict that every layer reads. Layouts nested by layer type (Gemma-3: `full_attention`,
-`sliding_attention`) hold one per type, and transformers ignores scaling keys written beside them. Only the global
-(full-attention) entry is scaled, as Google's long-context Gemma-3 configs do: a sliding-window layer never sees a
-distance beyond its window. Check a scaling by the loaded model's rotary `inv_freq`, never by the config key.
-"""
+"""RoPE scaling for a max_length beyond the model's context, for every rope_parameters layout of transformers 5."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -15,8 +10,11 @@ from typing import Any
 
 from sft_recipes.errors import Problem, RecipeError
 
+# Layouts nested by layer type (Gemma-3: full_attention, sliding_attention) hold one entry per type; transformers
+# ignores scaling keys written beside them. Only the global entry is scaled, as Google's long-context Gemma-3 configs
+# do: a sliding-window layer never sees a distance beyond its window.
 GLOBAL_ATTENTION = "full_attention"
-FLAT = ""  # the entry name of a flat layout
+FLAT = ""  # the entry name of a flat layout, one dict that every layer reads
 # Scalings that name the context they reach (factor x original_max_position_embeddings) and reshape the frequencies
 # unevenly, so that a linear scaling on top of them is no longer one of their kind: refused, never replaced.
 EXTENDING = ("yarn", "llama3", "longrope", "dynamic")
@@ -66,9 +64,12 @@ class RopeScaling:
             text_config.rope_parameters = self._scaled(
                 rope, {"rope_type": "longrope", "attention_factor": 1.0, "original_max_position_embeddings": original}
             )
+            head_dim = (
+                getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+            )
             for entry, factor in self.factors.items():
                 params = text_config.rope_parameters[entry] if entry else text_config.rope_parameters
-                half = int(_head_dim(text_config) * params.get("partial_rotary_factor", 1.0)) // 2
+                half = int(head_dim * params.get("partial_rotary_factor", 1.0)) // 2
                 params.update(short_factor=[factor] * half, long_factor=[factor] * half)
             text_config.validate_rope()
 
@@ -82,10 +83,9 @@ class RopeScaling:
 
 
 def rope_scaling_plan(config: Any, max_length: int | None, policy: str = "auto") -> RopeScaling | None:
-    """The RoPE scaling a max_length beyond the context needs (FastChat's ceil(max_length / context), linear),
-    composed with an existing linear scaling; None when none is needed. `config`: a config.json dict or a
-    transformers config. An existing yarn/llama3/longrope/dynamic scaling is refused: linear on top of it would
-    not be that scaling any more."""
+    """The linear RoPE scaling a max_length beyond the context needs (FastChat's ceil(max_length / context)),
+    composed with an existing linear one; None when none is needed. `config`: a config.json dict or a transformers
+    config. Check a scaling by the loaded model's rotary `inv_freq`, never by the config key."""
     rope, context, layer_types = _rope_view(config)
     if not max_length or not context:
         return None
@@ -116,10 +116,9 @@ def rope_scaling_plan(config: Any, max_length: int | None, policy: str = "auto")
                     "config.json (e.g. a larger `factor`) and train from that copy",
                 )
             )
-        params = rope[entry] if entry else rope
-        existing_factor = float(params.get("factor") or 1.0) if kind == "linear" else 1.0
+        existing_factor = 1.0
         if kind == "linear":
-            existing[entry] = existing_factor
+            existing_factor = existing[entry] = float((rope[entry] if entry else rope).get("factor") or 1.0)
         factors[entry] = existing_factor * extra
     unscaled = tuple(k for k in rope if k not in factors and isinstance(rope[k], dict)) if FLAT not in factors else ()
     return RopeScaling(max_length, context, extra, factors, existing, unscaled)
@@ -127,10 +126,13 @@ def rope_scaling_plan(config: Any, max_length: int | None, policy: str = "auto")
 
 def _rope_view(config: Any) -> tuple[dict[str, Any], int | None, list[str]]:
     """(rope_parameters, max_position_embeddings, layer_types) of the language model, standardized by transformers
-    when it knows the model type: legacy `rope_scaling`/`rope_theta` keys and Gemma-3's `rope_local_base_freq`
-    become transformers 5's layout."""
-    if isinstance(config, dict):
-        config = _standardized(config)
+    when it knows the model type (legacy `rope_scaling`/`rope_theta`, Gemma-3's `rope_local_base_freq`)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        with contextlib.suppress(TypeError, ValueError, KeyError):  # else the dict as it is
+            config = CONFIG_MAPPING[model_type].from_dict(copy.deepcopy(config))
     if isinstance(config, dict):
         text = config.get("text_config") or config
         rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
@@ -138,19 +140,6 @@ def _rope_view(config: Any) -> tuple[dict[str, Any], int | None, list[str]]:
     text = config.get_text_config()
     rope = getattr(text, "rope_parameters", None) or {}
     return dict(rope), getattr(text, "max_position_embeddings", None), list(getattr(text, "layer_types", None) or [])
-
-
-def _standardized(config: dict[str, Any]) -> Any:
-    """A transformers config built from a config.json dict (no weights), or the dict when the type is unknown."""
-    from transformers import CONFIG_MAPPING
-
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        return config
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(copy.deepcopy(config))
-    except (TypeError, ValueError, KeyError):
-        return config
 
 
 def _global_entries(rope: dict[str, Any], layer_types: list[str]) -> list[str]:
@@ -181,7 +170,3 @@ def _reached_context(params: dict[str, Any], context: int, kind: str) -> int:
         return context
     original = params.get("original_max_position_embeddings") or context
     return int(float(params.get("factor") or 1.0) * original)
-
-
-def _head_dim(text_config: Any) -> int:
-    return int(getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads)
