@@ -112,7 +112,7 @@ def write_text_rows(path: Path, rows: int, words_per_row: int, seed: int = 0) ->
 def recipe_argv(case: Case, model: Path, data: Path, out: Path, steps: int, batch: int, dry: bool) -> list[str]:
     import torch
 
-    from sft_recipes.model.attention import best_attn_implementation
+    from sft_recipes.model.loading import best_attn_implementation
 
     config = json.loads((model / "config.json").read_text())
     attention, _ = best_attn_implementation(config, torch.bfloat16 if not dry else torch.float32)

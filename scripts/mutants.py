@@ -26,9 +26,7 @@ LOADER = "sft_recipes/model/loading.py"
 ROPE = "sft_recipes/model/rope.py"
 ADAPTER = "sft_recipes/trained.py"
 KIND = "sft_recipes/model/kind.py"
-TOKENIZER = "sft_recipes/model/tokenizer.py"
 LORA = "sft_recipes/model/lora.py"
-QUANT = "sft_recipes/model/quantization.py"
 MERGE = "sft_recipes/merge.py"
 ROWS = "sft_recipes/data/rows.py"
 IMAGES = "sft_recipes/data/images.py"
@@ -85,22 +83,22 @@ MUTANTS: tuple[Mutant, ...] = (
         'return compute_dtype_name(training_args)',
         ('test_model.py',), 'auto_dtype',
         "dtype auto ignores the checkpoint's dtype"),
-    Mutant('quant-fp4', QUANT,
+    Mutant('quant-fp4', LOADER,
         'bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,',
         'bnb_4bit_quant_type="fp4",',
         ('test_model.py',), 'qlora_config',
         'QLoRA quantizes to fp4 whatever the recipe says'),
-    Mutant('quant-device-map-rank0', QUANT,
+    Mutant('quant-device-map-rank0', LOADER,
         'return {"": int(os.environ.get("LOCAL_RANK", "0"))}',
         'return {"": 0}',
         ('test_model.py',), 'this_ranks_gpu',
         'every DDP rank loads its quantized model onto GPU 0'),
-    Mutant('tokenizer-left-padding', TOKENIZER,
+    Mutant('tokenizer-left-padding', LOADER,
         'tokenizer.padding_side = "right"',
         'tokenizer.padding_side = "left"',
         ('test_masks.py', 'test_vlm_padding.py'), 'collation or pad_on_the_right',
         'left padding for training (the vision collator pads with the tokenizer)'),
-    Mutant('tokenizer-pad-skips-reserved', TOKENIZER,
+    Mutant('tokenizer-pad-skips-reserved', LOADER,
         'if policy == "auto" and reserved is not None:',
         'if policy == "add" and reserved is not None:',
         ('test_model.py',), 'pad_policy',

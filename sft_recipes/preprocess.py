@@ -105,7 +105,7 @@ def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
 def loaded_tokenizer(recipe: Any) -> Any:
     """The recipe's tokenizer as train loads it, before SFTTrainer touches it."""
     from sft_recipes.model.kind import detect_model_kind, load_config_dict
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_processing_class
 
     model_args, training_args = recipe.model, recipe.training
     kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
@@ -139,7 +139,7 @@ def prepared_by_trl(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
     the preparation, collator and template setup the training run gets."""
     from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
     from sft_recipes.model.kind import detect_model_kind, load_config_dict
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_processing_class
 
     model_args, training_args = recipe.model, recipe.training
     kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)

@@ -63,9 +63,8 @@ def run(recipe: Any) -> Any:
     from trl import SFTTrainer
 
     from sft_recipes.model.kind import detect_model_kind
-    from sft_recipes.model.loading import load_model
+    from sft_recipes.model.loading import load_model, load_processing_class
     from sft_recipes.model.lora import build_lora_config
-    from sft_recipes.model.tokenizer import load_processing_class
     from sft_recipes.run_dir import checkpoint_marker, output_lock, resume_checkpoint
     from sft_recipes.throughput import add_throughput_callback
     from sft_recipes.topology import Topology
@@ -147,7 +146,7 @@ def plan_headroom() -> tuple[float, str]:
 def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
     A value in the recipe or on the command line always wins. Attention is chosen at load time
-    (sft_recipes.model.attention.best_attn_implementation); packing is a recipe key, set where
+    (sft_recipes.model.loading.best_attn_implementation); packing is a recipe key, set where
     tests/contracts/test_packing.py proves packed == padded."""
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib

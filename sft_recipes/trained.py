@@ -6,15 +6,21 @@ import copy
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from sft_recipes.environment import has_package
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype, text_config
-from sft_recipes.model.loading import embedding_rows
+from sft_recipes.model.loading import embedding_rows, load_model, load_processing_class
 from sft_recipes.model.rope import BASE_CONFIG
+from sft_recipes.recipe_file import load_yaml
 from sft_recipes.run_dir import checkpoints
+from sft_recipes.topology import Topology
 
 logger = logging.getLogger("sft_recipes")
 
@@ -139,8 +145,6 @@ class Trained:
 
 def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     """Read what `path` holds; `base` overrides the adapter's recorded base model. Reads no weights."""
-    import yaml
-
     path = Path(path).expanduser()
     if not path.exists():
         raise RecipeError(Problem(str(path), "does not exist", RUN_FIX))
@@ -308,11 +312,7 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str | None, recip
     the model layer's loader: quantization, dtype, RoPE scaling, grown vocabulary) with the adapter on."""
     from peft import PeftModel
 
-    from sft_recipes.environment import has_package
     from sft_recipes.model.kind import compute_dtype, load_config_dict
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
-    from sft_recipes.topology import Topology
 
     recipe = run_recipe(recipe_path or adapter / "recipe.yaml")
     if recipe is None:
@@ -359,12 +359,7 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str | None, recip
 def run_recipe(path: Path) -> Any:
     """A run's recipe.yaml parsed as train parsed it (None when there is none). Its `env:` block is left out: train
     wrote secrets there as <redacted>, which must not replace the real ones in this process."""
-    import tempfile
-
-    import yaml
-
     from sft_recipes.config import parse_recipe
-    from sft_recipes.recipe_file import load_yaml
 
     if not path.is_file():
         return None

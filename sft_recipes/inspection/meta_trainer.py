@@ -173,7 +173,7 @@ def build_trainer(recipe: Any, output_dir: str) -> tuple[Any, Any, list[Problem]
     """(trl.SFTTrainer on a meta model with the data prepared, train data before preparation, TRL's warnings)."""
     from sft_recipes.data.loading import load_training_data
     from sft_recipes.model.kind import detect_model_kind, load_config_dict
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_processing_class
 
     model_args, training_args = recipe.model, recipe.training
     kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)

@@ -145,7 +145,7 @@ def _check_attention_support(v: Validation, model: Any) -> None:
     runs): an unknown name, or one the architecture lacks (sdpa on Gemma-2's soft-capping, flex on old models)."""
     from sft_recipes.environment import has_package
     from sft_recipes.inspection.meta_trainer import check_attn_implementation
-    from sft_recipes.model.attention import FLASH_PACKAGES
+    from sft_recipes.model.loading import FLASH_PACKAGES
 
     requested = v.recipe.model.attn_implementation
     package = FLASH_PACKAGES.get(requested or "")

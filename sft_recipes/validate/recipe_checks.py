@@ -61,7 +61,7 @@ def check_quantization(v: Validation) -> None:
 def _build_quantization_config(v: Validation) -> None:
     """transformers' BitsAndBytesConfig from the recipe, as the loader builds it: its checks name their own key."""
     from sft_recipes.model.kind import compute_dtype
-    from sft_recipes.model.quantization import build_quantization_config
+    from sft_recipes.model.loading import build_quantization_config
 
     try:
         build_quantization_config(v.recipe.model, compute_dtype(v.recipe.training), v.topology)
@@ -185,7 +185,7 @@ def check_hardware(v: Validation) -> None:
 
 def check_attention(v: Validation) -> None:
     from sft_recipes.environment import has_package
-    from sft_recipes.model.attention import FLASH_PACKAGES
+    from sft_recipes.model.loading import FLASH_PACKAGES
 
     m = v.recipe.model
     requested = m.attn_implementation

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def check_tokenizer(v: Validation) -> None:
     """Load the tokenizer (small), apply the recipe's template, eos and pad, check assistant-only loss can work."""
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_processing_class
 
     m, t = v.recipe.model, v.recipe.training
     source = m.tokenizer_name_or_path or m.model_name_or_path

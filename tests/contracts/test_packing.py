@@ -30,8 +30,7 @@ def packed_and_padded(tmp_path, model_dir, attn):
     """(model with the fused LM head, packed batch, padded batch of the packed batch's documents, document count)."""
     from trl.trainer.utils import add_fused_lm_head
 
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_model, load_processing_class
 
     keys = {"assistant_only_loss": True, "max_length": 128, "per_device_train_batch_size": 8}
     packed = prepared_trainer(tmp_path / "packed", model_dir, ROWS, packing=True, **keys)

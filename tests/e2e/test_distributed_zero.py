@@ -102,7 +102,7 @@ def test_only_full_fine_tuning_under_zero3_needs_the_16bit_gather_on_save(use_pe
     from types import SimpleNamespace
 
     from sft_recipes.errors import RecipeError
-    from sft_recipes.model.quantization import check_sharded_combination
+    from sft_recipes.model.loading import check_sharded_combination
     from sft_recipes.topology import Topology
 
     # What TrainingArguments holds under `accelerate launch` with DeepSpeed: the plugin and its resolved config.

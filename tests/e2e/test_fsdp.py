@@ -52,7 +52,7 @@ def test_ranks_launched_with_a_shipped_fsdp_config_load_in_fsdp_mode(name, monke
     ("mode", "placed"), [("single", True), ("ddp", True), ("zero2", True), ("zero3", False), ("fsdp2", False)]
 )
 def test_kbit_weights_go_to_the_local_gpu_except_when_zero3_or_fsdp_shards_them(mode, placed, monkeypatch):
-    from sft_recipes.model.quantization import get_kbit_device_map
+    from sft_recipes.model.loading import get_kbit_device_map
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -63,7 +63,7 @@ def test_kbit_weights_go_to_the_local_gpu_except_when_zero3_or_fsdp_shards_them(
 @pytest.mark.parametrize("mode", ["single", *SHARDED])
 def test_sharded_qlora_stores_the_4bit_weights_in_the_compute_dtype(mode):
     from sft_recipes.config import ModelConfig
-    from sft_recipes.model.quantization import build_quantization_config
+    from sft_recipes.model.loading import build_quantization_config
 
     pytest.importorskip("bitsandbytes")
     config = build_quantization_config(ModelConfig(load_in_4bit=True), torch.bfloat16, Topology(mode=mode))
@@ -80,8 +80,7 @@ def test_sharded_qlora_loads_every_weight_in_one_floating_dtype_without_a_device
     mode, tmp_path, llama_dir, demo_data_path
 ):
     from sft_recipes.model.kind import CAUSAL_LM
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_model, load_processing_class
 
     pytest.importorskip("bitsandbytes")
     r = recipe(tmp_path, llama_dir, demo_data_path, load_in_4bit=True, bf16=True, dtype="bfloat16", use_peft=True)
@@ -100,9 +99,8 @@ def test_sharded_qlora_loads_every_weight_in_one_floating_dtype_without_a_device
 
 def test_lora_under_fsdp_loads_unplaced_in_one_dtype(tmp_path, llama_dir, demo_data_path):
     from sft_recipes.model.kind import CAUSAL_LM
-    from sft_recipes.model.loading import load_model
+    from sft_recipes.model.loading import load_model, load_processing_class
     from sft_recipes.model.lora import build_lora_config
-    from sft_recipes.model.tokenizer import load_processing_class
 
     r = recipe(tmp_path, llama_dir, demo_data_path, use_peft=True, bf16=True, dtype="bfloat16", lora_r=4)
     tokenizer = load_processing_class(r.model, r.training, CAUSAL_LM)

@@ -63,8 +63,7 @@ def test_unknown_model_type_with_auto_map_is_refused_naming_trust_remote_code(tm
 def test_auto_map_on_a_known_model_type_never_runs_the_repository_code(tmp_path, places, capsys, monkeypatch):
     """trust_remote_code is never turned on implicitly: the built-in llama classes are used, evil.py never imported."""
     from sft_recipes.config import parse_recipe
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_model, load_processing_class
 
     model = copy_model(
         Path(places["llama"]),
@@ -97,8 +96,7 @@ def pickle_only(src: Path, dst: Path) -> Path:
 def test_pickle_weights_are_refused_unless_allowed_then_load(tmp_path, places, capsys, monkeypatch):
     from sft_recipes.config import parse_recipe
     from sft_recipes.errors import RecipeError
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_model, load_processing_class
     from sft_recipes.validate.rules import preflight
 
     model = pickle_only(Path(places["llama"]), tmp_path / "pickled")

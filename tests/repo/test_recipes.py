@@ -119,7 +119,7 @@ def topologies(path: Path) -> list[str]:
     ids=lambda v: _id(v) if isinstance(v, Path) else v,
 )
 def test_recipe_passes_the_distributed_checks_of_each_topology_it_scales_to(path, topology):
-    from sft_recipes.model.quantization import check_sharded_combination
+    from sft_recipes.model.loading import check_sharded_combination
     from sft_recipes.topology import Topology
     from sft_recipes.validate.recipe_checks import check_distribution
     from sft_recipes.validate.validation import Validation

@@ -19,8 +19,8 @@ from helpers.runs import CPU_DEFAULTS
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM  # noqa: F401  (imported before fake_gpu: see there)
 
 from sft_recipes import train
-from sft_recipes.model.attention import best_attn_implementation, resolve_attn_implementation
 from sft_recipes.model.kind import detect_model_kind
+from sft_recipes.model.loading import best_attn_implementation, resolve_attn_implementation
 from sft_recipes.plan.command import plan_input_from_recipe
 from sft_recipes.plan.formula import estimate
 from sft_recipes.plan.gpus import GiB
@@ -109,8 +109,7 @@ def test_a_named_attention_is_kept_even_where_a_faster_one_exists(monkeypatch):
 def test_auto_attention_recipe_loads_a_model_with_the_chosen_kernel(tmp_path, llama_dir):
     from helpers.prepared import recipe_for
 
-    from sft_recipes.model.loading import load_model
-    from sft_recipes.model.tokenizer import load_processing_class
+    from sft_recipes.model.loading import load_model, load_processing_class
 
     recipe = recipe_for(tmp_path, llama_dir, [{"text": "hi"}], attn_implementation="auto")
     tokenizer = load_processing_class(recipe.model, recipe.training, "causal_lm")

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from sft_recipes.errors import RecipeError
-from sft_recipes.model.attention import resolve_attn_implementation
 from sft_recipes.model.kind import CAUSAL_LM, IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype
-from sft_recipes.model.quantization import build_quantization_config, get_kbit_device_map
+from sft_recipes.model.loading import (
+    apply_pad_policy,
+    build_quantization_config,
+    get_kbit_device_map,
+    resolve_attn_implementation,
+)
 from sft_recipes.model.rope import rope_scaling_plan
-from sft_recipes.model.tokenizer import apply_pad_policy
 from sft_recipes.topology import Topology
 
 
