@@ -48,12 +48,11 @@ class Conversation:
 
     def messages(self, turns: list[tuple[str, str]]) -> list[dict[str, Any]]:
         pairs = ([("system", self.system)] if self.system else []) + turns
+        if not self.run.is_vlm:
+            return [{"role": role, "content": text} for role, text in pairs]
         messages: list[dict[str, Any]] = []
         image = self.image
         for role, text in pairs:
-            if not self.run.is_vlm:
-                messages.append({"role": role, "content": text})
-                continue
             parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
             if role == "user" and image is not None:
                 parts.insert(0, {"type": "image", "image": image})

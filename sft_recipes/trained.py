@@ -239,7 +239,8 @@ def load_trained(
                 dtype=dtype or "auto",
                 trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
                 use_safetensors=None if layout.recipe.get("allow_pickle_weights") else True,
-            ).to(device)
+            )
+            model = model.to(device)
     except OSError as err:
         raise RecipeError(
             Problem(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX)

@@ -1,2 +1,1 @@
-"""The model layer: what a checkpoint is (kind), attention, quantization, LoRA targets, RoPE, tokenizer, loading,
-and the base + adapter of a finished LoRA run."""
+"""The model layer: what a checkpoint is (kind), how training loads it (loading), LoRA targets, RoPE scaling."""

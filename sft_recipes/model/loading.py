@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.environment import has_package
+from sft_recipes.environment import has_package, require_extra
 from sft_recipes.errors import Problem, RecipeError
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype
 from sft_recipes.model.rope import BASE_CONFIG, RopeScaling, rope_scaling_plan
@@ -39,7 +39,6 @@ def load_model(
     check_sharded_combination(model_args, training_args, topology)
     dtype = resolve_dtype(model_args.dtype, training_args, config)
     quantization = build_quantization_config(model_args, compute_dtype(training_args), topology)
-    name = model_args.model_name_or_path
     model_config, rope = load_training_config(model_args, training_args)
     if rope is not None:
         logger.info(
@@ -51,7 +50,7 @@ def load_model(
     auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     logger.info(
         "Loading %s as %s (%s, dtype=%s, attention=%s, quantization=%s, mode=%s)",
-        name,
+        model_args.model_name_or_path,
         auto_class.__name__,
         kind,
         dtype,
@@ -60,7 +59,7 @@ def load_model(
         topology.mode,
     )
     model = auto_class.from_pretrained(
-        name,
+        model_args.model_name_or_path,
         config=model_config,
         dtype=dtype,
         attn_implementation=resolve_attn_implementation(
@@ -154,7 +153,6 @@ def load_processing_class(model_args: Any, training_args: Any, kind: str) -> Any
 
 def apply_pad_policy(tokenizer: Any, policy: str, explicit_pad: str | None = None) -> str:
     """Give the tokenizer a pad token and say where it came from: existing, explicit, reserved, unk, eos or added.
-
     A pad equal to eos is safe here: TRL's collator masks padding by position, so the real EOS stays trained."""
     if explicit_pad is not None:
         return "explicit"  # SFTTrainer sets args.pad_token itself, after checking it is in the vocabulary
@@ -279,8 +277,6 @@ def build_quantization_config(
 ) -> BitsAndBytesConfig | None:
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return None
-    from sft_recipes.environment import require_extra
-
     require_extra("bitsandbytes", "quantization", "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit")
     from transformers import BitsAndBytesConfig
 
