@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import command_parser
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 
 logger = logging.getLogger("sft_recipes")
 KEYS = "/reset starts a new conversation, /exit (or Ctrl-D) quits"
@@ -83,7 +83,7 @@ def open_image(path: str) -> Any:
     from sft_recipes.environment import require_extra
 
     if not Path(path).is_file():
-        raise RecipeError(Problem("--image", f"{path} does not exist", "pass the path of an image file"))
+        raise error("--image", f"{path} does not exist", "pass the path of an image file")
     require_extra("PIL", "vision", "--image")
     from PIL import Image, UnidentifiedImageError
 
@@ -91,9 +91,7 @@ def open_image(path: str) -> Any:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
-        raise RecipeError(
-            Problem("--image", f"{path} is not an image PIL can read ({err})", "pass a PNG or JPEG")
-        ) from None
+        raise error("--image", f"{path} is not an image PIL can read ({err})", "pass a PNG or JPEG") from None
 
 
 def interactive(conversation: Conversation, max_new_tokens: int) -> int:
@@ -125,18 +123,16 @@ def interactive(conversation: Conversation, max_new_tokens: int) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.max_new_tokens < 1:
-        raise RecipeError(Problem("--max_new_tokens", f"{args.max_new_tokens} is below 1", "pass a positive number"))
+        raise error("--max_new_tokens", f"{args.max_new_tokens} is below 1", "pass a positive number")
     image = open_image(args.image) if args.image else None
     from sft_recipes.trained import load_trained
 
     run = load_trained(args.output_dir, base=args.base)
     if image is not None and not run.is_vlm:
-        raise RecipeError(
-            Problem(
-                "--image",
-                f"{args.output_dir} is a text-only model ({run.layout.config.get('model_type')}): it takes no images",
-                "drop --image, or chat with a vision-language run",
-            )
+        raise error(
+            "--image",
+            f"{args.output_dir} is a text-only model ({run.layout.config.get('model_type')}): it takes no images",
+            "drop --image, or chat with a vision-language run",
         )
     if not args.prompt:
         return interactive(Conversation(run, args.system, image), args.max_new_tokens)

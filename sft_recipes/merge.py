@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import command_parser
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 from sft_recipes.trained import load_trained_model
 
 logger = logging.getLogger("sft_recipes")
@@ -48,16 +48,14 @@ def merge_adapter(
 
     adapter = Path(adapter_dir)
     if not (adapter / "adapter_config.json").is_file():
-        raise RecipeError(
-            Problem(
-                str(adapter),
-                "no adapter_config.json: not a LoRA adapter folder",
-                "point at the output_dir of a LoRA/QLoRA run",
-            )
+        raise error(
+            str(adapter),
+            "no adapter_config.json: not a LoRA adapter folder",
+            "point at the output_dir of a LoRA/QLoRA run",
         )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RecipeError(Problem(str(out), "already exists and is not empty", "choose another --out, or --overwrite"))
+        raise error(str(out), "already exists and is not empty", "choose another --out, or --overwrite")
     run = load_trained_model(adapter, base, dtype)
     trained = run.model
     embeddings = trained.get_input_embeddings().weight
@@ -129,22 +127,18 @@ def check_merge(figures: dict[str, Any], precision: Any) -> None:
 
     drift, effect = figures["max_abs_merged_vs_trained"], figures["max_abs_trained_vs_base"]
     if effect == 0.0:
-        raise RecipeError(
-            Problem(
-                "adapter",
-                "the adapter does not change the model's logits (all-zero B matrices?)",
-                "train it first; merging it would be a no-op",
-            )
+        raise error(
+            "adapter",
+            "the adapter does not change the model's logits (all-zero B matrices?)",
+            "train it first; merging it would be a no-op",
         )
     limit = min(FP32_TOLERANCE, FP32_DRIFT_SHARE * effect) if precision == torch.float32 else HALF_DRIFT_SHARE * effect
     if drift > limit:
-        raise RecipeError(
-            Problem(
-                "merge",
-                f"merged logits differ from the trained model's by {drift:.3g} "
-                f"(limit {limit:.3g}; adapter effect {effect:.3g})",
-                "merge in float32 (--dtype float32) and check --base is the model the adapter was trained on",
-            )
+        raise error(
+            "merge",
+            f"merged logits differ from the trained model's by {drift:.3g} "
+            f"(limit {limit:.3g}; adapter effect {effect:.3g})",
+            "merge in float32 (--dtype float32) and check --base is the model the adapter was trained on",
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from sft_recipes.environment import has_package
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import RecipeError, error
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype, text_config
 from sft_recipes.model.loading import embedding_rows, load_model, load_processing_class
 from sft_recipes.model.rope import BASE_CONFIG
@@ -96,12 +96,10 @@ class TrainedRun:
         if isinstance(messages, str):
             return self.processing_class(text=messages, return_tensors="pt").to(self.model.device)
         if getattr(self.processing_class, "chat_template", None) is None:
-            raise RecipeError(
-                Problem(
-                    str(self.layout.path),
-                    "the run has no chat template (chat_template.jinja), so there is no chat format to prompt",
-                    "chat with a run trained on conversations, or set chat_template_path in its recipe",
-                )
+            raise error(
+                str(self.layout.path),
+                "the run has no chat template (chat_template.jinja), so there is no chat format to prompt",
+                "chat with a run trained on conversations, or set chat_template_path in its recipe",
             )
         inputs = self.processing_class.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
@@ -147,17 +145,15 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
     """Read what `path` holds; `base` overrides the adapter's recorded base model. Reads no weights."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise RecipeError(Problem(str(path), "does not exist", RUN_FIX))
+        raise error(str(path), "does not exist", RUN_FIX)
     if not path.is_dir():
-        raise RecipeError(Problem(str(path), "is a file, not a run folder", RUN_FIX))
+        raise error(str(path), "is a file, not a run folder", RUN_FIX)
     is_checkpoint = re.fullmatch(r"checkpoint-\d+", path.name) is not None
     source = "checkpoint" if is_checkpoint else "merged" if (path / "merge_check.json").is_file() else "run"
     recipe_path = next(iter(_run_files(path, "recipe.yaml", is_checkpoint)), None)
     recipe = (yaml.safe_load(recipe_path.read_text()) or {}) if recipe_path else {}
     if not isinstance(recipe, dict):
-        raise RecipeError(
-            Problem(str(recipe_path), "is not a mapping of recipe keys", "restore the recipe.yaml train wrote")
-        )
+        raise error(str(recipe_path), "is not a mapping of recipe keys", "restore the recipe.yaml train wrote")
     generation_dir = next((p.parent for p in _run_files(path, "generation_config.json", is_checkpoint)), None)
     if (path / "adapter_config.json").is_file():
         adapter = json.loads((path / "adapter_config.json").read_text())
@@ -167,17 +163,15 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
         weights = "adapter"
     elif (path / "config.json").is_file():
         if not any((path / name).is_file() for name in WEIGHT_FILES):
-            raise RecipeError(
-                Problem(
-                    str(path),
-                    "has config.json but no weights (model.safetensors): a ZeRO-3 run saved without gathering them?",
-                    "point at a folder with weights; for DeepSpeed shards run zero_to_fp32.py first",
-                )
+            raise error(
+                str(path),
+                "has config.json but no weights (model.safetensors): a ZeRO-3 run saved without gathering them?",
+                "point at a folder with weights; for DeepSpeed shards run zero_to_fp32.py first",
             )
         config = json.loads((path / "config.json").read_text())
         weights, base = "full", None
     else:
-        raise RecipeError(Problem(str(path), _not_a_run(path), RUN_FIX))
+        raise error(str(path), _not_a_run(path), RUN_FIX)
     kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
     return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
 
@@ -200,15 +194,15 @@ def _base_config(adapter: Path, base: str | None, recipe: dict[str, Any], overri
 
     fix = "pass --base with a local copy (or reachable hub id) of the base model the adapter was trained on"
     if not base:
-        raise RecipeError(Problem(str(adapter), "the adapter does not name its base model", fix))
+        raise error(str(adapter), "the adapter does not name its base model", fix)
     where = f"{adapter}: base model {base}" + (" (--base)" if overridden else "")
     looks_local = base.startswith(("/", ".", "~")) or base.count("/") > 1
     if looks_local and not Path(base).expanduser().is_dir():
-        raise RecipeError(Problem(where, "does not exist", fix))
+        raise error(where, "does not exist", fix)
     try:
         config, _ = PretrainedConfig.get_config_dict(base, revision=recipe.get("model_revision"))
     except (OSError, ValueError) as err:
-        raise RecipeError(Problem(where, f"cannot be read: {str(err).splitlines()[0]}", fix)) from None
+        raise error(where, f"cannot be read: {str(err).splitlines()[0]}", fix) from None
     return config
 
 
@@ -242,9 +236,7 @@ def load_trained(
             )
             model = model.to(device)
     except OSError as err:
-        raise RecipeError(
-            Problem(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX)
-        ) from None
+        raise error(str(layout.path), f"cannot load the weights: {str(err).splitlines()[0]}", RUN_FIX) from None
     model.eval()
     model.config.use_cache = True  # checkpoints are saved with the training-time use_cache=False
     generation = _generation_config(layout, model, getattr(processing_class, "tokenizer", processing_class))
@@ -259,9 +251,7 @@ def _load_processing_class(layout: RunLayout) -> Any:
     source = layout.path if saved or layout.base is None else layout.base
     loader = AutoProcessor if layout.kind == IMAGE_TEXT_TO_TEXT else AutoTokenizer
     if isinstance(source, Path) and not (source / "tokenizer_config.json").is_file():
-        raise RecipeError(
-            Problem(str(source), "holds no tokenizer (tokenizer_config.json)", "copy the base model's tokenizer files")
-        )
+        raise error(str(source), "holds no tokenizer (tokenizer_config.json)", "copy the base model's tokenizer files")
     try:
         processing_class = loader.from_pretrained(
             source,
@@ -269,13 +259,11 @@ def _load_processing_class(layout: RunLayout) -> Any:
             trust_remote_code=bool(layout.recipe.get("trust_remote_code", False)),
         )
     except (OSError, ValueError) as err:
-        raise RecipeError(
-            Problem(
-                str(source),
-                f"cannot load the {'processor' if loader is AutoProcessor else 'tokenizer'}: "
-                f"{' '.join(str(err).split())[:300]}",
-                "a run folder holds the tokenizer files train saved; copy them from the base model",
-            )
+        raise error(
+            str(source),
+            f"cannot load the {'processor' if loader is AutoProcessor else 'tokenizer'}: "
+            f"{' '.join(str(err).split())[:300]}",
+            "a run folder holds the tokenizer files train saved; copy them from the base model",
         ) from None
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     tokenizer.padding_side = "left"  # generation appends on the right
@@ -295,12 +283,10 @@ def _generation_config(layout: RunLayout, model: Any, tokenizer: Any) -> Any:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.append(tokenizer.eos_token_id)
     if not eos_ids:
-        raise RecipeError(
-            Problem(
-                str(layout.path),
-                "neither generation_config.json nor the tokenizer names an EOS token: generation would never stop",
-                "set eos_token in the recipe (or eos_token_id in generation_config.json)",
-            )
+        raise error(
+            str(layout.path),
+            "neither generation_config.json nor the tokenizer names an EOS token: generation would never stop",
+            "set eos_token in the recipe (or eos_token_id in generation_config.json)",
         )
     generation.eos_token_id = eos_ids
     if generation.pad_token_id is None:
@@ -373,12 +359,10 @@ def run_recipe(path: Path) -> Any:
             return parse_recipe(["--config", str(copy_path)])
         except RecipeError as err:
             problem = err.problems[0]
-            raise RecipeError(
-                Problem(
-                    str(path),
-                    f"the run's recipe no longer parses: {problem.message}",
-                    problem.fix or "restore the recipe.yaml that train wrote",
-                )
+            raise error(
+                str(path),
+                f"the run's recipe no longer parses: {problem.message}",
+                problem.fix or "restore the recipe.yaml that train wrote",
             ) from None
 
 
@@ -390,7 +374,7 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str | None) -> 
 
     base = base or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
-        raise RecipeError(Problem("--base", "the adapter does not name its base model", "pass --base MODEL"))
+        raise error("--base", "the adapter does not name its base model", "pass --base MODEL")
     logger.warning(
         "%s has no recipe.yaml: merging into %s as stored; a 4/8-bit trained adapter will drift", adapter, base
     )

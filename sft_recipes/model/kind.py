@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import RecipeError, error
 
 if TYPE_CHECKING:
     import torch
@@ -47,12 +47,10 @@ def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
     if "auto_map" in config:
         auto_map = config["auto_map"]
         return IMAGE_TEXT_TO_TEXT if "AutoModelForImageTextToText" in auto_map else CAUSAL_LM
-    raise RecipeError(
-        Problem(
-            "model_name_or_path",
-            f"model_type {model_type!r} is unknown to transformers {transformers.__version__}",
-            "upgrade transformers, or check config.json",
-        )
+    raise error(
+        "model_name_or_path",
+        f"model_type {model_type!r} is unknown to transformers {transformers.__version__}",
+        "upgrade transformers, or check config.json",
     )
 
 
@@ -63,32 +61,28 @@ def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[s
 
     name = model_args.model_name_or_path
     if not name:
-        raise RecipeError(Problem("model_name_or_path", "no model given", "set model_name_or_path in the recipe"))
+        raise error("model_name_or_path", "no model given", "set model_name_or_path in the recipe")
     if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
-        raise RecipeError(Problem(name, "directory has no config.json", "point model_name_or_path at a model folder"))
+        raise error(name, "directory has no config.json", "point model_name_or_path at a model folder")
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
     if looks_local and not os.path.exists(os.path.expanduser(name)):
-        raise RecipeError(Problem(name, "model path does not exist", "check model_name_or_path"))
+        raise error(name, "model path does not exist", "check model_name_or_path")
     try:
         config, _ = PretrainedConfig.get_config_dict(
             name, revision=model_args.model_revision, cache_dir=model_args.cache_dir
         )
     except (OSError, ValueError) as err:
-        raise RecipeError(
-            Problem(
-                name,
-                f"cannot read config.json: {str(err).splitlines()[0]}",
-                "check model_name_or_path and model_revision, and hub access (HF_HUB_OFFLINE)",
-            )
+        raise error(
+            name,
+            f"cannot read config.json: {str(err).splitlines()[0]}",
+            "check model_name_or_path and model_revision, and hub access (HF_HUB_OFFLINE)",
         ) from None
     if "auto_map" in config and not trust_remote_code and config.get("model_type") not in CONFIG_MAPPING_NAMES:
-        raise RecipeError(
-            Problem(
-                "trust_remote_code",
-                f"{name} needs its own modelling code (auto_map)",
-                "set trust_remote_code: true after reading that code; it is off by default because "
-                "it runs arbitrary Python from the model repository",
-            )
+        raise error(
+            "trust_remote_code",
+            f"{name} needs its own modelling code (auto_map)",
+            "set trust_remote_code: true after reading that code; it is off by default because "
+            "it runs arbitrary Python from the model repository",
         )
     return config
 
@@ -122,7 +116,7 @@ def resolve_dtype_name(dtype: str | None, training_args: Any, config: dict[str, 
         saved = config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
         return DTYPES[saved] if saved in DTYPES else compute_dtype_name(training_args)
     if dtype not in DTYPES:
-        raise RecipeError(Problem("dtype", f"unknown dtype {dtype!r}", "use auto, bfloat16, float16 or float32"))
+        raise error("dtype", f"unknown dtype {dtype!r}", "use auto, bfloat16, float16 or float32")
     return DTYPES[dtype]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.environment import has_package, require_extra
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, compute_dtype, resolve_dtype
 from sft_recipes.model.rope import BASE_CONFIG, RopeScaling, rope_scaling_plan
 from sft_recipes.topology import Topology
@@ -185,12 +185,10 @@ def resolve_attn_implementation(
     if package is None or has_package(package):
         return requested
     if strict:
-        raise RecipeError(
-            Problem(
-                "attn_implementation",
-                f"{requested} needs the `{package}` package, not installed",
-                "pip install 'sft-recipes[flash-attn]', or attn_implementation: sdpa",
-            )
+        raise error(
+            "attn_implementation",
+            f"{requested} needs the `{package}` package, not installed",
+            "pip install 'sft-recipes[flash-attn]', or attn_implementation: sdpa",
         )
     fallback = "sdpa" if supports_sdpa(config or {}) else "eager"
     logger.warning(
@@ -261,14 +259,12 @@ def check_sharded_combination(model_args: Any, training_args: Any, topology: Top
     # Whether ZeRO-3 gathers the full weights on save; "auto" counts as no, as accelerate fills it with false.
     gathers = zero.get("stage3_gather_16bit_weights_on_model_save") is True
     if topology.mode == "zero3" and not model_args.use_peft and not gathers:
-        raise RecipeError(
-            Problem(
-                "zero3_save_16bit_model",
-                "full fine-tuning under ZeRO-3 without gathering the weights on save ends with no "
-                "model.safetensors, only per-rank DeepSpeed shards that need zero_to_fp32.py",
-                "set zero3_save_16bit_model: true in the accelerate config "
-                "(stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON)",
-            )
+        raise error(
+            "zero3_save_16bit_model",
+            "full fine-tuning under ZeRO-3 without gathering the weights on save ends with no "
+            "model.safetensors, only per-rank DeepSpeed shards that need zero_to_fp32.py",
+            "set zero3_save_16bit_model: true in the accelerate config "
+            "(stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON)",
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
 if TYPE_CHECKING:
@@ -74,12 +74,10 @@ def default_lora_targets(model: PreTrainedModel, kind: str) -> list[str] | str:
     its own q_proj)."""
     adapted = decoder_linear_names(model, kind)
     if not adapted:
-        raise RecipeError(
-            Problem(
-                "lora_target_modules",
-                f"found no linear layer in the decoder layers of {type(model).__name__}",
-                "name the modules to adapt in lora_target_modules",
-            )
+        raise error(
+            "lora_target_modules",
+            f"found no linear layer in the decoder layers of {type(model).__name__}",
+            "name the modules to adapt in lora_target_modules",
         )
     leaves = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in adapted))
     others = set(linear_module_names(model)) - set(adapted)
@@ -108,12 +106,8 @@ def resolve_lora_targets(model: PreTrainedModel, kind: str, requested: list[str]
     leaves = {n.rsplit(".", 1)[-1] for n in linear_module_names(model)}
     missing = [t for t in targets if t not in leaves and t != "all-linear"]
     if missing:
-        raise RecipeError(
-            Problem(
-                "lora_target_modules",
-                f"{missing} match no linear layer of this model",
-                f"use some of: {sorted(leaves)}",
-            )
+        raise error(
+            "lora_target_modules", f"{missing} match no linear layer of this model", f"use some of: {sorted(leaves)}"
         )
     return targets
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 
 # Layouts nested by layer type (Gemma-3: full_attention, sliding_attention) hold one entry per type; transformers
 # ignores scaling keys written beside them. Only the global entry is scaled, as Google's long-context Gemma-3 configs
@@ -95,26 +95,22 @@ def rope_scaling_plan(config: Any, max_length: int | None, policy: str = "auto")
     if max_length <= context:
         return None
     if policy == "off":
-        raise RecipeError(
-            Problem(
-                "max_length",
-                f"max_length {max_length} exceeds the model's context {context} and rope_scaling_policy is off",
-                f"set max_length <= {context}, or rope_scaling_policy: auto",
-            )
+        raise error(
+            "max_length",
+            f"max_length {max_length} exceeds the model's context {context} and rope_scaling_policy is off",
+            f"set max_length <= {context}, or rope_scaling_policy: auto",
         )
     extra = float(math.ceil(max_length / context))
     factors, existing = {}, {}
     for entry, kind in kinds.items():
         key = f"rope_parameters{'.' + entry if entry else ''}"
         if kind not in ("default", "linear"):
-            raise RecipeError(
-                Problem(
-                    f"config.json {key}.rope_type",
-                    f"max_length {max_length} exceeds the context {context} that the model's own {kind} RoPE "
-                    f"scaling reaches, and a linear scaling on top of {kind} cannot be composed exactly",
-                    f"set max_length <= {context}, or extend the {kind} scaling itself in a copy of the model's "
-                    "config.json (e.g. a larger `factor`) and train from that copy",
-                )
+            raise error(
+                f"config.json {key}.rope_type",
+                f"max_length {max_length} exceeds the context {context} that the model's own {kind} RoPE "
+                f"scaling reaches, and a linear scaling on top of {kind} cannot be composed exactly",
+                f"set max_length <= {context}, or extend the {kind} scaling itself in a copy of the model's "
+                "config.json (e.g. a larger `factor`) and train from that copy",
             )
         existing_factor = 1.0
         if kind == "linear":
@@ -149,13 +145,11 @@ def _global_entries(rope: dict[str, Any], layer_types: list[str]) -> list[str]:
         return [FLAT]
     if isinstance(rope.get(GLOBAL_ATTENTION), dict):
         return [GLOBAL_ATTENTION]
-    raise RecipeError(
-        Problem(
-            "config.json rope_parameters",
-            f"RoPE parameters nested by layer type ({', '.join(nested)}) without a {GLOBAL_ATTENTION} entry: "
-            "which layers attend to the whole sequence, and need scaling, is unknown",
-            "set max_length within the model's context (max_position_embeddings)",
-        )
+    raise error(
+        "config.json rope_parameters",
+        f"RoPE parameters nested by layer type ({', '.join(nested)}) without a {GLOBAL_ATTENTION} entry: "
+        "which layers attend to the whole sequence, and need scaling, is unknown",
+        "set max_length within the model's context (max_position_embeddings)",
     )
 
 
