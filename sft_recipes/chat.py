@@ -1,7 +1,6 @@
 """Talk to a trained run: one answer per --prompt for scripts, or an interactive, streaming, multi-turn chat.
 
-Usage: sft-recipes chat OUTPUT_DIR [--prompt TEXT]... [--system TEXT] [--image PATH] [--max_new_tokens N] [--base M]
-"""
+Usage: sft-recipes chat OUTPUT_DIR [--prompt TEXT]... [--system TEXT] [--image PATH] [--max_new_tokens N] [--base M]"""
 
 from __future__ import annotations
 

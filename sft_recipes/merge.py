@@ -1,7 +1,6 @@
 """Merge a LoRA adapter into the base weights it was trained on, and check that the merged model is the trained one.
 
-Usage: sft-recipes merge ADAPTER_DIR [--out DIR] [--base MODEL] [--dtype bfloat16|float16|float32]
-"""
+Usage: sft-recipes merge ADAPTER_DIR [--out DIR] [--base MODEL] [--dtype bfloat16|float16|float32]"""
 
 from __future__ import annotations
 
@@ -96,9 +95,8 @@ def merge_adapter(
 
 
 def merge_into_dequantized(trained: Any, adapter: Path, dtype: Any) -> Any:
-    """The adapter merged in float32 into the base weights the trained model computes with, then cast to dtype.
-    4/8-bit layers are dequantized first: a fresh 16-bit load of the base misses the quantization error that
-    training saw, and PEFT's own merge into a bitsandbytes layer quantizes the merged weight again."""
+    """The adapter merged in float32 into the base weights the trained model computes with (4/8-bit ones dequantized:
+    a fresh 16-bit load misses the quantization error training saw, and PEFT's merge into bitsandbytes requantizes)."""
     import torch
     from peft import PeftModel
 

@@ -28,25 +28,22 @@ def detect_model_kind(config: dict[str, Any], override: str = "auto") -> str:
     """causal_lm or image_text_to_text, from config.json alone. The image-text map is checked first: 14 model types
     (gemma3, llama4, mllama, ...) are in both maps."""
     import transformers
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-    )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_TYPES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as VLM_TYPES
 
     if override != "auto":
         return override
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     # A checkpoint saved as *ForCausalLM is text-only even when its model_type is in both maps.
-    if architectures and architectures[0].endswith("ForCausalLM") and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if architectures and architectures[0].endswith("ForCausalLM") and model_type in CAUSAL_LM_TYPES:
         return CAUSAL_LM
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or "vision_config" in config:
+    if model_type in VLM_TYPES or "vision_config" in config:
         return IMAGE_TEXT_TO_TEXT
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if model_type in CAUSAL_LM_TYPES:
         return CAUSAL_LM
     if "auto_map" in config:
-        auto_map = config["auto_map"]
-        return IMAGE_TEXT_TO_TEXT if "AutoModelForImageTextToText" in auto_map else CAUSAL_LM
+        return IMAGE_TEXT_TO_TEXT if "AutoModelForImageTextToText" in config["auto_map"] else CAUSAL_LM
     raise error(
         "model_name_or_path",
         f"model_type {model_type!r} is unknown to transformers {transformers.__version__}",

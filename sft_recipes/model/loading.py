@@ -110,9 +110,8 @@ def load_training_config(model_args: Any, training_args: Any) -> tuple[Any, Rope
 
 
 def record_base_config(out_dir: str | Path, model_args: Any, training_args: Any) -> Path | None:
-    """Write, beside a LoRA adapter, the base's config as training changed it (RoPE scaling) to BASE_CONFIG, so
-    that loading base + adapter keeps the change: `from_pretrained(base, config=AutoConfig.from_pretrained(path))`.
-    Nothing is written (None) when training loaded the base as it is."""
+    """Write BASE_CONFIG beside a LoRA adapter: the base's config as training changed it (RoPE scaling), for
+    `from_pretrained(base, config=AutoConfig.from_pretrained(path))`; None when training loaded the base as it is."""
     model_config, rope = load_training_config(model_args, training_args)
     if rope is None:
         return None
@@ -122,7 +121,6 @@ def record_base_config(out_dir: str | Path, model_args: Any, training_args: Any)
 
 
 def embedding_rows(model: Any) -> int:
-    """Rows of the input embedding matrix (the vocabulary size the model can take)."""
     return int(model.get_input_embeddings().weight.shape[0])
 
 

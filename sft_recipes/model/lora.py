@@ -47,8 +47,6 @@ def decoder_layer_lists(model: PreTrainedModel) -> list[str]:
 
     get_decoder = getattr(model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
-    if decoder is None:
-        return []
     prefix = next((name for name, module in model.named_modules() if module is decoder), None)
     if prefix is None:
         return []

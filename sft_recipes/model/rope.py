@@ -103,10 +103,9 @@ def rope_scaling_plan(config: Any, max_length: int | None, policy: str = "auto")
     extra = float(math.ceil(max_length / context))
     factors, existing = {}, {}
     for entry, kind in kinds.items():
-        key = f"rope_parameters{'.' + entry if entry else ''}"
         if kind not in ("default", "linear"):
             raise error(
-                f"config.json {key}.rope_type",
+                f"config.json rope_parameters{'.' + entry if entry else ''}.rope_type",
                 f"max_length {max_length} exceeds the context {context} that the model's own {kind} RoPE "
                 f"scaling reaches, and a linear scaling on top of {kind} cannot be composed exactly",
                 f"set max_length <= {context}, or extend the {kind} scaling itself in a copy of the model's "
