@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import command_parser
+from sft_recipes.environment import require_extra
 from sft_recipes.errors import error
+from sft_recipes.trained import load_trained
 
 logger = logging.getLogger("sft_recipes")
 KEYS = "/reset starts a new conversation, /exit (or Ctrl-D) quits"
@@ -79,8 +81,6 @@ class Conversation:
 
 
 def open_image(path: str) -> Any:
-    from sft_recipes.environment import require_extra
-
     if not Path(path).is_file():
         raise error("--image", f"{path} does not exist", "pass the path of an image file")
     require_extra("PIL", "vision", "--image")
@@ -124,8 +124,6 @@ def main(argv: list[str]) -> int:
     if args.max_new_tokens < 1:
         raise error("--max_new_tokens", f"{args.max_new_tokens} is below 1", "pass a positive number")
     image = open_image(args.image) if args.image else None
-    from sft_recipes.trained import load_trained
-
     run = load_trained(args.output_dir, base=args.base)
     if image is not None and not run.is_vlm:
         raise error(

@@ -59,12 +59,12 @@ def merge_adapter(
     trained = run.model
     embeddings = trained.get_input_embeddings().weight
     ids = torch.randint(0, embeddings.shape[0], (2, check_tokens), generator=torch.Generator().manual_seed(0))
-    device = embeddings.device
+    ids = ids.to(embeddings.device)
     base_folder = Path(trained.get_base_model().name_or_path)  # the tokenizer's source when the run saved none
     with torch.no_grad():
-        trained_logits = trained(input_ids=ids.to(device)).logits.float().cpu()
+        trained_logits = trained(input_ids=ids).logits.float().cpu()
         with trained.disable_adapter():
-            base_logits = trained(input_ids=ids.to(device)).logits.float().cpu()
+            base_logits = trained(input_ids=ids).logits.float().cpu()
         merged = merge_into_dequantized(trained, adapter, run.dtype)
         merged_logits = merged(input_ids=ids.to(merged.device)).logits.float().cpu()
     drift = float((merged_logits - trained_logits).abs().max())

@@ -379,9 +379,8 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str | None) -> 
         "%s has no recipe.yaml: merging into %s as stored; a 4/8-bit trained adapter will drift", adapter, base
     )
     config, _ = PretrainedConfig.get_config_dict(base)
-    auto_class = (
-        AutoModelForImageTextToText if detect_model_kind(config) == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
-    )
+    vlm = detect_model_kind(config) == IMAGE_TEXT_TO_TEXT
+    auto_class = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
     recorded = adapter / BASE_CONFIG  # the RoPE scaling the base was trained with, when it was
     model_config = AutoConfig.from_pretrained(recorded) if recorded.is_file() else None
     model: Any = auto_class.from_pretrained(base, config=model_config, dtype=torch.float32)

@@ -41,12 +41,8 @@ def load_model(
     quantization = build_quantization_config(model_args, compute_dtype(training_args), topology)
     model_config, rope = load_training_config(model_args, training_args)
     if rope is not None:
-        logger.info(
-            "max_length %s > the model's context %s: RoPE %s",
-            rope.max_length,
-            rope.context,
-            rope.describe(model_config.get_text_config()),
-        )
+        described = rope.describe(model_config.get_text_config())
+        logger.info("max_length %s > the model's context %s: RoPE %s", rope.max_length, rope.context, described)
     auto_class = AutoModelForImageTextToText if kind == IMAGE_TEXT_TO_TEXT else AutoModelForCausalLM
     logger.info(
         "Loading %s as %s (%s, dtype=%s, attention=%s, quantization=%s, mode=%s)",
@@ -58,13 +54,12 @@ def load_model(
         quantization and quantization.quant_method,
         topology.mode,
     )
+    attention = resolve_attn_implementation(model_args.attn_implementation, model_args.attn_strict, config, dtype)
     model = auto_class.from_pretrained(
         model_args.model_name_or_path,
         config=model_config,
         dtype=dtype,
-        attn_implementation=resolve_attn_implementation(
-            model_args.attn_implementation, model_args.attn_strict, config, dtype
-        ),
+        attn_implementation=attention,
         quantization_config=quantization,
         device_map=get_kbit_device_map(topology) if quantization is not None else None,
         use_safetensors=None if model_args.allow_pickle_weights else True,

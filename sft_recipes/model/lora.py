@@ -48,13 +48,10 @@ def decoder_layer_lists(model: PreTrainedModel) -> list[str]:
     get_decoder = getattr(model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
     prefix = next((name for name, module in model.named_modules() if module is decoder), None)
-    if prefix is None:
+    if decoder is None or prefix is None:
         return []
-    return [
-        f"{prefix}.{name}" if prefix else name
-        for name, child in decoder.named_children()
-        if isinstance(child, torch.nn.ModuleList)
-    ]
+    lists = [name for name, child in decoder.named_children() if isinstance(child, torch.nn.ModuleList)]
+    return [f"{prefix}.{name}" if prefix else name for name in lists]
 
 
 def decoder_linear_names(model: PreTrainedModel, kind: str) -> list[str]:
