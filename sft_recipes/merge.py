@@ -38,9 +38,8 @@ def merge_adapter(
     check_tokens: int = 32,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Merge adapter_dir into the base weights training computed with (4/8-bit ones dequantized), cast to dtype
-    ("auto": the base checkpoint's), save to out_dir with merge_check.json, and return the check's figures: the
-    drift max |merged - trained| and the adapter's effect max |trained - base| over the logits of check_tokens."""
+    """Merge adapter_dir into the base weights training computed with (4/8-bit dequantized), cast to dtype ("auto":
+    the base's), save to out_dir with merge_check.json; returns its figures (merged vs trained over check_tokens)."""
     import torch
 
     from sft_recipes.card import write_merged_card

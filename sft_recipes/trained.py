@@ -170,8 +170,10 @@ def locate_run(path: str | Path, base: str | None = None) -> RunLayout:
             )
         config = json.loads((path / "config.json").read_text())
         weights, base = "full", None
+    elif found := ", ".join(p.name for p in checkpoints(path)):
+        raise error(str(path), f"no final weights (the run did not finish?), only checkpoints: {found}", RUN_FIX)
     else:
-        raise error(str(path), _not_a_run(path), RUN_FIX)
+        raise error(str(path), "not a run: no config.json with weights and no adapter_config.json", RUN_FIX)
     kind = detect_model_kind(config, recipe.get("model_kind", "auto"))
     return RunLayout(path, weights, source, config, kind, base, recipe, recipe_path, generation_dir)
 
@@ -180,12 +182,6 @@ def _run_files(path: Path, name: str, is_checkpoint: bool) -> list[Path]:
     """`name` in the folder, else (for a checkpoint) in the run's output_dir, where train writes it at the end."""
     candidates = [path / name] + ([path.parent / name] if is_checkpoint else [])
     return [p for p in candidates if p.is_file()]
-
-
-def _not_a_run(path: Path) -> str:
-    if found := checkpoints(path):
-        return f"no final weights (the run did not finish?), only checkpoints: {', '.join(p.name for p in found)}"
-    return "not a run: no config.json with weights and no adapter_config.json"
 
 
 def _base_config(adapter: Path, base: str | None, recipe: dict[str, Any], overridden: bool) -> dict[str, Any]:
@@ -209,9 +205,8 @@ def _base_config(adapter: Path, base: str | None, recipe: dict[str, Any], overri
 def load_trained(
     path: str | Path, base: str | None = None, dtype: str | None = None, device: str | None = None
 ) -> TrainedRun:
-    """Load any run for inference (see locate_run) with its own chat template, generation config and EOS ids.
-    `base` overrides an adapter's base model, `dtype` the weights' dtype (default: as trained), `device` where it
-    runs (default: the GPU when there is one)."""
+    """Load any run (see locate_run) with its own chat template, generation config and EOS ids. `base` overrides an
+    adapter's base, `dtype` the weights' (default: as trained), `device` defaults to the GPU when there is one."""
     layout = locate_run(path, base)  # before torch loads: a wrong path fails at once
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -247,8 +242,7 @@ def _load_processing_class(layout: RunLayout) -> Any:
     """The run's own tokenizer or processor (its chat template included); the base's when the run saved none."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    saved = (layout.path / "tokenizer_config.json").is_file()
-    source = layout.path if saved or layout.base is None else layout.base
+    source = layout.path if (layout.path / "tokenizer_config.json").is_file() or layout.base is None else layout.base
     loader = AutoProcessor if layout.kind == IMAGE_TEXT_TO_TEXT else AutoTokenizer
     if isinstance(source, Path) and not (source / "tokenizer_config.json").is_file():
         raise error(str(source), "holds no tokenizer (tokenizer_config.json)", "copy the base model's tokenizer files")

@@ -87,9 +87,8 @@ def load_config_dict(model_args: Any, trust_remote_code: bool = False) -> dict[s
 def load_config_or_snapshot(
     model_args: Any, trust_remote_code: bool, recipe_path: str | None
 ) -> tuple[dict[str, Any], Path | None]:
-    """config.json as load_config_dict reads it; when the hub cannot be reached, the architecture snapshot shipped
-    beside the recipe (recipes/<model>/config.json) instead, so planning and checks work offline. Returns the
-    snapshot's path when it was used."""
+    """config.json as load_config_dict reads it, else (hub unreachable) the architecture snapshot beside the recipe
+    (recipes/<model>/config.json), so planning and checks work offline; and the snapshot's path when it was used."""
     try:
         return load_config_dict(model_args, trust_remote_code), None
     except RecipeError:

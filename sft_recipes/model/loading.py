@@ -88,8 +88,7 @@ def load_model(
 
 
 def load_training_config(model_args: Any, training_args: Any) -> tuple[Any, RopeScaling | None]:
-    """The model's transformers config as training loads it: RoPE-scaled when max_length exceeds the context.
-    Returns the scaling too (None when there is none)."""
+    """The transformers config training loads (RoPE-scaled beyond the context), with its scaling (None if unscaled)."""
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(
