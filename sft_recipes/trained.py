@@ -299,10 +299,8 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str | None, recip
     if recipe is None:
         return _load_without_recipe(adapter, base, dtype)
     model_args, training_args = recipe.model, recipe.training
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    model_args.model_name_or_path = (
-        base or adapter_config.get("base_model_name_or_path") or model_args.model_name_or_path
-    )
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    model_args.model_name_or_path = base or recorded or model_args.model_name_or_path
     if (adapter / "tokenizer_config.json").is_file():
         model_args.tokenizer_name_or_path = str(adapter)  # the tokenizer as trained (a pad token may have been added)
     training_args.gradient_checkpointing = False  # nothing is trained here; its hooks would only cost time
