@@ -44,8 +44,10 @@ CONFIG = "sft_recipes/config.py"
 MUTANTS: tuple[Mutant, ...] = (
     # the loader (model package)
     Mutant('loader-use-cache-on', LOADER,
-        'model.config.use_cache = False',
-        'model.config.use_cache = True',
+        'model.config.use_cache = False  # the KV cache is useless while training and breaks gradient checkpointing\n'
+        '    model.config.get_text_config().use_cache = False',
+        'model.config.use_cache = True  # the KV cache is useless while training and breaks gradient checkpointing\n'
+        '    model.config.get_text_config().use_cache = True',
         ('test_packing.py',), 'plain_forward',
         'use_cache left on in training (breaks packed-document isolation and gradient checkpointing)'),
     Mutant('loader-resize-no-multiple-of-8', LOADER,
