@@ -1,5 +1,4 @@
-"""What the model would learn wrong from the prepared data: truncation, untrained documents, the stop token and the
-loss mask, as problems that `inspect` and `validate` both report, and the checks that hold."""
+"""What the model would learn wrong from the prepared data (truncation, stop token, loss mask), and what holds."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ class Findings:
 
 
 def diagnose(ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -> tuple[list[Problem], list[str]]:
-    """Problems (what the model would learn wrong) and the checks that hold."""
     found = Findings()
     _length_problems(found, ctx, statistics, counts)
     _stop_problems(found, ctx, counts)
@@ -34,7 +32,6 @@ def diagnose(ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -
 
 
 def _length_problems(found: Findings, ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -> None:
-    """Documents with nothing to learn, and what max_length drops or cuts."""
     args = ctx.trainer.args
     untrained, documents = counts["untrained_documents"], counts["documents"]
     if untrained:
@@ -55,25 +52,18 @@ def _length_problems(found: Findings, ctx: Context, statistics: dict[str, Any], 
     truncated = statistics["truncated_examples"]
     if truncated:
         lengths, sample = statistics["tokens_per_example"], statistics.get("sample")
-        verb = "is" if truncated == 1 else "are"
-        share = f"({statistics['truncated_share']:.1%})"
-        which = (
-            f"{truncated} of the first {sample} examples {share}"
-            if sample
-            else f"{_count(truncated, 'example')} {share}"
-        )
+        which = f"{truncated} of the first {sample} examples" if sample else _count(truncated, "example")
         outcome, keep = truncation_outcome(args)
         found.warn(
             "max_length",
-            f"{which} {verb} longer than max_length {args.max_length}: {outcome}",
+            f"{which} ({statistics['truncated_share']:.1%}) {'is' if truncated == 1 else 'are'} longer than "
+            f"max_length {args.max_length}: {outcome}",
             f"raise max_length (p95 is {lengths['p95']} tokens, max {lengths['max']}), filter long examples{keep}",
         )
 
 
 def truncation_outcome(args: Any) -> tuple[str, str]:
-    """What TRL 1.16 does with an example over max_length, and the advice that keeps its text: without packing and
-    with `bfd` packing the overflow is dropped (bfd keeps the start whatever truncation_mode says); `bfd_split` and
-    `wrapped` keep every token, in pieces trained without the text before them."""
+    """What TRL 1.16 does with an example over max_length, and the advice that keeps its text."""
     split = "packing_strategy: bfd_split (packing: true), which keeps the overflow as separate documents"
     if not args.packing:
         kept = "start" if args.truncation_mode == "keep_start" else "end"
@@ -91,8 +81,8 @@ def truncation_outcome(args: Any) -> tuple[str, str]:
 
 
 def _stop_problems(found: Findings, ctx: Context, counts: dict[str, int]) -> None:
-    """The model learns to stop only if each document trains its stop token and generation stops at it. With
-    pad == eos (the mark of a base model's tokenizer, #16) either failure is an error."""
+    """The model learns to stop only if each document trains its stop token and generation stops at it; with pad ==
+    eos (the mark of a base model's tokenizer, #16) either failure is an error."""
     tokenizer, stop, args = ctx.tokenizer, ctx.stop, ctx.trainer.args
     severity = "error" if tokenizer.pad_token is not None and tokenizer.pad_token == tokenizer.eos_token else "warning"
     pad_note = f" (pad == eos {tokenizer.eos_token!r})" if severity == "error" else ""
@@ -132,8 +122,7 @@ def _stop_problems(found: Findings, ctx: Context, counts: dict[str, int]) -> Non
 
 
 def generation_eos_ids(ctx: Context) -> set[int]:
-    """The ids generation stops at after `train`: the checkpoint's generation_config EOS ids plus the tokenizer's
-    EOS (train adds it; TRL's `eos_token` changes it)."""
+    """The ids generation stops at after `train`: generation_config's EOS ids plus the tokenizer's (train adds it)."""
     from transformers import GenerationConfig
 
     model_args = ctx.recipe.model
@@ -148,7 +137,6 @@ def generation_eos_ids(ctx: Context) -> set[int]:
 
 
 def _mask_problems(found: Findings, ctx: Context, statistics: dict[str, Any], counts: dict[str, int]) -> None:
-    """Which turns the loss trains, and whether packed documents see each other."""
     from trl.chat_template_utils import has_generation_markers
 
     trainer, args = ctx.trainer, ctx.trainer.args
@@ -180,8 +168,7 @@ def _mask_problems(found: Findings, ctx: Context, statistics: dict[str, Any], co
 
 
 def loss_scope(ctx: Context) -> str:
-    """Which tokens the loss trains, as TRL decides it: assistant turns, completions (prompt-completion data with
-    completion_only_loss, TRL's default there) or every token."""
+    """Which tokens the loss trains, as TRL decides it (completion_only_loss is its default for prompt-completion)."""
     if ctx.trainer.args.assistant_only_loss:
         return "assistant turns only"
     if ctx.trainer.completion_only_loss and "prompt" in ctx.first:

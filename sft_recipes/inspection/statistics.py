@@ -1,5 +1,4 @@
-"""What the prepared training data holds: documents, lengths, truncation, trained tokens, batches; the counts the
-diagnosis reads."""
+"""What the prepared training data holds: documents, lengths, truncation, trained tokens, batches."""
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ class Documents:
     lengths: np.ndarray  # tokens per document
     row_lengths: np.ndarray  # tokens per training row (a packed row holds several documents)
 
-    def count(self, flags: np.ndarray) -> np.ndarray:
-        """Flagged tokens per document."""
+    def count(self, flags: np.ndarray) -> np.ndarray:  # flagged tokens per document
         import numpy as np
 
         return np.add.reduceat(flags.astype(np.int64), self.starts) if self.starts.size else self.starts
@@ -56,13 +54,18 @@ def documents_of(dataset: Any) -> Documents:
     return Documents(ids, trained, starts, lengths, row_lengths)
 
 
-def percentiles(lengths: np.ndarray) -> dict[str, int]:
+def length_statistics(lengths: np.ndarray, max_length: int | None) -> dict[str, Any]:
     import numpy as np
 
-    if lengths.size == 0:
-        return {"min": 0, "median": 0, "p95": 0, "max": 0}
     points = {"min": 0, "median": 50, "p95": 95, "max": 100}
-    return {name: int(np.percentile(lengths, q)) for name, q in points.items()}
+    too_long = lengths > (max_length or math.inf)
+    return {
+        "tokens_per_example": {
+            name: int(np.percentile(lengths, q) if lengths.size else 0) for name, q in points.items()
+        },
+        "truncated_examples": int(too_long.sum()),
+        "truncated_share": float(too_long.mean()) if too_long.size else 0.0,
+    }
 
 
 def batch_tokens(trainer: Any, row_lengths: np.ndarray) -> tuple[int, int]:
@@ -80,13 +83,11 @@ def batch_tokens(trainer: Any, row_lengths: np.ndarray) -> tuple[int, int]:
 
 
 def statistics_of(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
-    """(statistics, counts for the diagnosis) of the trainer's training data."""
     return vision_statistics(ctx) if is_vision(ctx.trainer) else text_statistics(ctx)
 
 
 def text_statistics(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
-    """(statistics, counts for the diagnosis) over the whole prepared training set; untruncated lengths from TRL's
-    own preparation run again without max_length or packing."""
+    """(statistics, counts for the diagnosis) over the whole prepared training set."""
     from datasets import Dataset
 
     trainer, raw_train = ctx.trainer, ctx.raw_train
@@ -103,13 +104,10 @@ def text_statistics(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
     stop_trained = docs.count(docs.trained & (docs.ids == stop_id)) > 0
     batches, batch_total = (0, int(docs.row_lengths.sum())) if sampled else batch_tokens(trainer, docs.row_lengths)
     tokens, trained = int(docs.row_lengths.sum()), int(docs.trained.sum())
-    too_long = full.lengths > max_length
     statistics = {
         "examples": int(full.lengths.size),
         "sampled": sampled,
-        "tokens_per_example": percentiles(full.lengths),
-        "truncated_examples": int(too_long.sum()),
-        "truncated_share": float(too_long.mean()) if too_long.size else 0.0,
+        **length_statistics(full.lengths, args.max_length),
         "dropped_examples": 0 if args.packing else int(full.lengths.size - docs.lengths.size),
         "training_rows": int(docs.row_lengths.size),
         "documents_per_row": round(docs.lengths.size / max(docs.row_lengths.size, 1), 2),
@@ -134,10 +132,10 @@ def vision_statistics(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
     """Statistics of the first VISION_SAMPLE rows, collated by TRL's vision collator without max_length."""
     import numpy as np
 
-    trainer = ctx.trainer
+    trainer, args = ctx.trainer, ctx.trainer.args
     whole = dataclasses.replace(trainer.data_collator, max_length=None)
     rows = list(ctx.raw_train.take(VISION_SAMPLE))
-    image_id, max_length = image_token_id(trainer), trainer.args.max_length
+    image_id, max_length = image_token_id(trainer), args.max_length
     stop_id = ctx.tokenizer.convert_tokens_to_ids(ctx.stop) if ctx.stop else -1
     names = ("untrained_documents", "intact_documents", "intact_without_stop", "image_cuts", "trained_image_tokens")
     lengths, counts = [], dict.fromkeys(names, 0)
@@ -157,21 +155,19 @@ def vision_statistics(ctx: Context) -> tuple[dict[str, Any], dict[str, int]]:
         if len(labels) == length:
             counts["intact_documents"] += 1
             counts["intact_without_stop"] += int(not (targets == stop_id).any())
-    too_long = np.array(lengths) > (max_length or math.inf)
-    batches = len(trainer.get_train_dataloader()) if hasattr(ctx.raw_train, "__len__") else None
+    sized = hasattr(ctx.raw_train, "__len__")
+    batches = len(trainer.get_train_dataloader()) if sized else None
     statistics = {
-        "examples": len(ctx.raw_train) if hasattr(ctx.raw_train, "__len__") else None,
+        "examples": len(ctx.raw_train) if sized else None,
         "sampled": True,
         "sample": len(rows),
-        "tokens_per_example": percentiles(np.array(lengths)),
-        "truncated_examples": int(too_long.sum()),
-        "truncated_share": float(too_long.mean()) if too_long.size else 0.0,
+        **length_statistics(np.array(lengths), max_length),
         "tokens": tokens,
         "trained_tokens": trained,
         "trained_share": trained / max(tokens, 1),
         "batches_per_epoch": batches,
         "optimizer_steps_per_epoch": None
         if batches is None
-        else math.ceil(batches / trainer.args.gradient_accumulation_steps),
+        else math.ceil(batches / args.gradient_accumulation_steps),
     }
     return statistics, {"documents": len(rows), **counts}
