@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sft_recipes.arguments import command_parser, parse_with_recipe
-from sft_recipes.inspection.diagnosis import diagnose, loss_scope
+from sft_recipes.inspection.diagnosis import diagnose, loss_scope, text_statistics, vision_statistics
 from sft_recipes.inspection.meta_trainer import (
     build_context,
     build_trainer,
@@ -28,7 +28,6 @@ from sft_recipes.inspection.meta_trainer import (
     outside_launch,
     special_ids,
 )
-from sft_recipes.inspection.statistics import statistics_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -101,7 +100,7 @@ def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
         ctx = build_context(recipe, trainer, raw_train)
         rows, padding = first_rows(trainer, n)
         examples = [build_example(ctx, i, row, pad) for i, (row, pad) in enumerate(zip(rows, padding, strict=True))]
-        statistics, counts = statistics_of(ctx)
+        statistics, counts = (vision_statistics if is_vision(trainer) else text_statistics)(ctx)
         problems, checks = diagnose(ctx, statistics, counts)
         settings = describe_settings(ctx)
     return Inspection(recipe.path or "recipe", settings, statistics, trl_warnings + problems, checks, examples)
@@ -264,28 +263,20 @@ def render_text(inspection: Inspection, file: Any = None, width: int | None = No
         console.print(Text(f"✓ {check}", style="green"))
     console.print(Text.assemble("\n", *LEGEND))
     for example in inspection.examples:
-        console.print(
-            Panel(example_text(example), title=example_title(example), title_align="left", border_style="grey50")
-        )
-
-
-def example_text(example: Example, limit: int = TERMINAL_TOKENS) -> Any:
-    from rich.text import Text
-
-    text = Text()
-    for index, position, piece, document in _walk(example):
-        if document is not None:
-            header = f"── document {document + 1} · {example.documents[document]} tokens ──\n"
-            text.append(("\n" if document else "") + header, style="bold yellow")
-        if position == example.cut_at:
-            text.append(f"✂ max_length {example.cut_at} cuts here ✂", style="bold white on red")
-        if position >= limit:
-            text.append(f"\n… {example.tokens - position} more tokens (--format html shows them all)", style="dim")
-            break
-        style = KINDS[piece.kind][0] if piece.kind in KINDS else TRAINED[0] if piece.trained else MASKED
-        text.append(_piece_text(piece), style=style + (f" on {TRAINED[1 + index % 2]}" if piece.trained else ""))
-    text.rstrip()  # the last newline would leave an empty line in the panel
-    return text
+        text = Text()
+        for index, position, piece, document in _walk(example):
+            if document is not None:
+                header = f"── document {document + 1} · {example.documents[document]} tokens ──\n"
+                text.append(("\n" if document else "") + header, style="bold yellow")
+            if position == example.cut_at:
+                text.append(f"✂ max_length {example.cut_at} cuts here ✂", style="bold white on red")
+            if position >= TERMINAL_TOKENS:
+                text.append(f"\n… {example.tokens - position} more tokens (--format html shows them all)", style="dim")
+                break
+            style = KINDS[piece.kind][0] if piece.kind in KINDS else TRAINED[0] if piece.trained else MASKED
+            text.append(_piece_text(piece), style=style + (f" on {TRAINED[1 + index % 2]}" if piece.trained else ""))
+        text.rstrip()  # the last newline would leave an empty line in the panel
+        console.print(Panel(text, title=example_title(example), title_align="left", border_style="grey50"))
 
 
 HTML_STYLE = f"""
@@ -330,24 +321,21 @@ def render_html(inspection: Inspection) -> str:
         "<span class='doc' style='display:inline'>document</span></p>"
     )
     for example in inspection.examples:
-        title = esc(example_title(example, markup=False))
-        parts.append(f"<div class='example'><h3>{title}</h3><div class='tokens'>{example_html(example)}</div></div>")
+        parts.append(f"<div class='example'><h3>{esc(example_title(example, markup=False))}</h3><div class='tokens'>")
+        for index, position, piece, document in _walk(example):
+            if document is not None:
+                parts.append(
+                    f"<span class='doc'>document {document + 1} · {example.documents[document]} tokens</span>"
+                )
+            if position == example.cut_at:
+                parts.append(f"<span class='cut'>✂ max_length {example.cut_at} cuts here ✂</span>")
+            classes = ["tr" if piece.trained else "t"] + (["odd"] if piece.trained and index % 2 else [])
+            classes += [KINDS[piece.kind][1]] if piece.kind in KINDS else []
+            title = f"id {piece.id} · {'trained' if piece.trained else 'masked'}"
+            parts.append(f"<span class='{' '.join(classes)}' title='{title}'>{esc(_piece_text(piece))}</span>")
+        parts.append("</div></div>")
     parts.append("</body></html>\n")
     return "".join(parts)
-
-
-def example_html(example: Example) -> str:
-    out = []
-    for index, position, piece, document in _walk(example):
-        if document is not None:
-            out.append(f"<span class='doc'>document {document + 1} · {example.documents[document]} tokens</span>")
-        if position == example.cut_at:
-            out.append(f"<span class='cut'>✂ max_length {example.cut_at} cuts here ✂</span>")
-        classes = ["tr" if piece.trained else "t"] + (["odd"] if piece.trained and index % 2 else [])
-        classes += [KINDS[piece.kind][1]] if piece.kind in KINDS else []
-        title = f"id {piece.id} · {'trained' if piece.trained else 'masked'}"
-        out.append(f"<span class='{' '.join(classes)}' title='{title}'>{html.escape(_piece_text(piece))}</span>")
-    return "".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from logging.handlers import BufferingHandler
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import Problem, error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,17 +120,13 @@ def meta_trainer(
         )
     except TemplateError as err:
         row = _failing_row(train, processing_class)
-        raise RecipeError(
-            Problem(
-                source if row is None else f"{source}[row {row}]",
-                f"the chat template fails on this row: {err}",
-                "fix the row (many templates demand strictly alternating user/assistant turns), or the template",
-            )
+        raise error(
+            source if row is None else f"{source}[row {row}]",
+            f"the chat template fails on this row: {err}",
+            "fix the row (many templates demand strictly alternating user/assistant turns), or the template",
         ) from None
     except (ValueError, RuntimeError, TypeError) as err:
-        raise RecipeError(
-            Problem("SFTTrainer", f"TRL refuses this recipe: {err}", "training would fail the same way")
-        ) from None
+        raise error("SFTTrainer", f"TRL refuses this recipe: {err}", "training would fail the same way") from None
     finally:
         logging.getLogger("trl").removeHandler(collect)
     messages = dict.fromkeys(record.getMessage() for record in collect.buffer)
@@ -225,7 +221,6 @@ class Context:
     first: dict[str, Any]  # its first row
     tokenizer: Any
     end_of_turn: str | None  # the token closing an assistant turn in the template TRL renders with
-    stop: str | None  # the token each document should end on: end of turn (conversations) or EOS
 
     @property
     def conversational(self) -> bool:
@@ -233,13 +228,15 @@ class Context:
 
         return is_conversational(self.first) or "conversations" in self.first
 
+    @property
+    def stop(self) -> str | None:
+        """The token each document should end on: end of turn (conversations) or EOS."""
+        return self.end_of_turn if self.conversational and self.end_of_turn else self.tokenizer.eos_token
+
 
 def build_context(recipe: Any, trainer: Any, raw_train: Any) -> Context:
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    end_of_turn = end_of_turn_token(trainer, tokenizer)
-    ctx = Context(recipe, trainer, raw_train, next(iter(raw_train)), tokenizer, end_of_turn, None)
-    ctx.stop = end_of_turn if ctx.conversational and end_of_turn else tokenizer.eos_token
-    return ctx
+    return Context(recipe, trainer, raw_train, next(iter(raw_train)), tokenizer, end_of_turn_token(trainer, tokenizer))
 
 
 def special_ids(tokenizer: Any) -> set[int]:
@@ -260,12 +257,9 @@ def end_of_turn_token(trainer: Any, tokenizer: Any) -> str | None:
     if not template:
         return None
     answer = "Zebra quartz"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}],
-            chat_template=template,
-            tokenize=False,
-        )
+        text = tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that cannot render this probe has no end token to report
         return None
     tail = tokenizer(text[text.rfind(answer) + len(answer) :], add_special_tokens=False)["input_ids"]
