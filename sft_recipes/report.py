@@ -125,9 +125,7 @@ def check_replaceable(path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("report", __doc__)
     parser.add_argument("output_dir", type=Path, help="the output_dir of a training run")
-    parser.add_argument(
-        "--out", type=Path, help="PNG to write (default OUTPUT_DIR/report.png); the HTML goes beside it"
-    )
+    parser.add_argument("--out", type=Path, help="the PNG (default OUTPUT_DIR/report.png); the HTML goes beside it")
     return parser
 
 

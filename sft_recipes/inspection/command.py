@@ -41,6 +41,7 @@ PACKED_TRUNCATION = {
     "bfd_split": "none (bfd_split packing splits the overflow off)",
     "wrapped": "none (wrapped packing cuts across rows)",
 }
+FORMATS = ("text", "html", "json")
 TERMINAL_TOKENS = 1200  # per row in the terminal; html and json show every token
 TRAINED = ("#1b5e20", "#c8f7c5", "#a4ecaf")  # text colour, then two backgrounds alternating so tokens show apart
 SPECIAL, MASKED, IMAGE = "#8e24aa", "#8a8a8a", "#00838f"
@@ -341,9 +342,7 @@ def render_html(inspection: Inspection) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("inspect", __doc__, recipe=True)
     parser.add_argument("-n", type=_positive, default=3, help="number of examples to show (default 3)")
-    parser.add_argument(
-        "--format", choices=("text", "html", "json"), default="text", help="text (terminal), html or json"
-    )
+    parser.add_argument("--format", choices=FORMATS, default="text", help="text (terminal), html or json")
     parser.add_argument("--out", help="write there instead of stdout")
     return parser
 
