@@ -18,8 +18,7 @@ MARKER = "<!-- model card written by sft-recipes -->"  # a merge rewrites only a
 
 
 def write_model_card(output_dir: str | Path, trainer: Any, recipe: Any) -> Path:
-    """Write OUTPUT_DIR/README.md for the run that just finished (replacing the empty template PEFT saves with an
-    adapter), with the loss curve beside it as report.png."""
+    """OUTPUT_DIR/README.md (over the empty template PEFT saves) for the run just finished, its curve as report.png."""
     out = Path(output_dir)
     facts = run_facts(out, trainer, recipe)
     facts["curve"] = draw_curve(out, trainer.state.log_history, out.resolve().name)

@@ -42,8 +42,8 @@ SAMPLE_CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = tuple(
 
 @dataclass(frozen=True)
 class RenderDifference:
-    """Where one conversation's training render (e.g. TRL's marked copy for assistant_only_loss) first departs from
-    its inference render: there the model learns from text it never sees at inference."""
+    """Where a conversation's training render first departs from its inference render: the model learns text it never
+    sees at inference."""
 
     conversation: int  # index into the conversations checked
     offset: int  # first differing character
@@ -65,9 +65,8 @@ def render_differences(
     conversations: Any = SAMPLE_CONVERSATIONS,
     inference_template: str | None = None,
 ) -> list[RenderDifference]:
-    """Each conversation whose render with `training_template` differs from its render with the inference template
-    (the processing class's own unless given), with the first differing text of both and a named cause and fix.
-    A conversation both templates refuse (e.g. a system turn for Gemma 2) is no difference."""
+    """Each conversation `training_template` renders unlike the inference template (the processing class's own unless
+    given), with a named cause and fix; one both refuse (e.g. a system turn for Gemma 2) is no difference."""
     inference_template = inference_template or _own_template(processing_class)
     differences = []
     for index, messages in enumerate(conversations):

@@ -91,8 +91,7 @@ class Inspection:  # in the order of `--format json`
 
 
 def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
-    """Prepare the recipe's training data exactly as `train` would (its cached `datasets.map` steps serve a later
-    `train`) and describe its first `n` rows."""
+    """Prepare the recipe's data exactly as `train` would (the datasets cache then serves it) and show `n` rows."""
     with tempfile.TemporaryDirectory(prefix="sft-recipes-inspect-") as output_dir, _quiet_datasets(), outside_launch():
         trainer, raw_train, trl_warnings = build_trainer(recipe, output_dir)
         if is_vision(trainer) and trainer.args.max_length is not None:
@@ -157,8 +156,7 @@ def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def build_example(ctx: Context, position: int, row: dict[str, Any], padding: int) -> Example:
-    """A displayable row, collated alone by the trainer's collator (the same tokens and labels it has in its batch):
-    loss flags, documents from the packed lengths, image and pad runs collapsed."""
+    """A row collated alone by the trainer's collator (its tokens and labels in a batch), image/pad runs collapsed."""
     trainer, tokenizer, max_length = ctx.trainer, ctx.tokenizer, ctx.trainer.args.max_length
     alone = trainer.data_collator([dict(row)])
     ids, labels = alone["input_ids"][0].tolist(), alone["labels"][0].tolist()

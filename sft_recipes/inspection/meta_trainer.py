@@ -244,8 +244,7 @@ def special_ids(tokenizer: Any) -> set[int]:
 
 
 def image_token_id(trainer: Any) -> int | None:
-    """The id the model swaps for image features (from the config: a processor's `image_token` can be Gemma 3's
-    begin-of-image marker)."""
+    """The id the model swaps for image features, from the config (a processor's `image_token` may be a begin mark)."""
     config = trainer.model.config
     token_id = getattr(config, "image_token_id", None)
     return getattr(config, "image_token_index", None) if token_id is None else token_id
