@@ -92,7 +92,13 @@ class Inspection:  # in the order of `--format json`
 
 def inspect_recipe(recipe: Any, n: int = 3) -> Inspection:
     """Prepare the recipe's data exactly as `train` would (the datasets cache then serves it) and show `n` rows."""
-    with tempfile.TemporaryDirectory(prefix="sft-recipes-inspect-") as output_dir, _quiet_datasets(), outside_launch():
+    import datasets
+
+    quiet = contextlib.ExitStack()
+    if datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        quiet.callback(datasets.enable_progress_bars)
+    with tempfile.TemporaryDirectory(prefix="sft-recipes-inspect-") as output_dir, quiet, outside_launch():
         trainer, raw_train, trl_warnings = build_trainer(recipe, output_dir)
         if is_vision(trainer) and trainer.args.max_length is not None:
             # The processor raises on rows cut inside their image tokens: show them whole, the cut marked.
@@ -127,19 +133,6 @@ def describe_settings(ctx: Context) -> dict[str, Any]:
         "loss on": loss_scope(ctx),
         "batch": f"{args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation",
     }
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Any:
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
 
 
 def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
