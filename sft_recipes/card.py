@@ -1,8 +1,4 @@
-"""The model card (README.md) of a finished run: base, method, data, length, steps, losses, curve, command, versions.
-
-Written by `train` into output_dir (replacing the empty template PEFT saves with an adapter) and by `merge` beside
-the merged weights. Every line comes from the run itself; secrets never do (the command's values are redacted).
-"""
+"""A finished run's model card (README.md): base, method, data, length, steps, losses, curve, command, versions."""
 
 from __future__ import annotations
 
@@ -22,19 +18,19 @@ MARKER = "<!-- model card written by sft-recipes -->"  # a merge rewrites only a
 
 
 def write_model_card(output_dir: str | Path, trainer: Any, recipe: Any) -> Path:
-    """Write OUTPUT_DIR/README.md for the run that just finished, with the loss curve beside it as report.png."""
+    """OUTPUT_DIR/README.md (over the empty template PEFT saves) for the run just finished, its curve as report.png."""
     out = Path(output_dir)
     facts = run_facts(out, trainer, recipe)
     facts["curve"] = draw_curve(out, trainer.state.log_history, out.resolve().name)
-    path = out / CARD
-    path.write_text(render_card(facts))
-    return path
+    (out / CARD).write_text(render_card(facts))
+    return out / CARD
 
 
 def run_facts(out: Path, trainer: Any, recipe: Any) -> dict[str, Any]:
     """What the card says, gathered from the trainer, the recipe and the run summary written beside it."""
     from transformers import ProcessorMixin
 
+    from sft_recipes.data.prepared import read_manifest
     from sft_recipes.environment import package_versions
     from sft_recipes.run_dir import read_summary
 
@@ -42,7 +38,7 @@ def run_facts(out: Path, trainer: Any, recipe: Any) -> dict[str, Any]:
     summary = read_summary(out) or {}
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
-    manifest = prepared_manifest(recipe)
+    manifest = read_manifest(recipe.script.prepared) if recipe.script.prepared else None
     # a prepared set's labels were masked when it was made (train then tells TRL there is nothing left to mask)
     masking = manifest["fingerprint"] if manifest else vars(training_args)
     return {
@@ -112,13 +108,6 @@ def method_of(model: Any, model_args: Any) -> str:
     return f"{name}: {', '.join(parts)}; targets: {targets}" + (f"; also trained in full: {saved}" if saved else "")
 
 
-def prepared_manifest(recipe: Any) -> dict[str, Any] | None:
-    """The manifest of the prepared set the run trained on, if it did."""
-    from sft_recipes.data.prepared import read_manifest
-
-    return read_manifest(recipe.script.prepared) if recipe.script.prepared else None
-
-
 def data_sources(recipe: Any, manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each source with its rows after conversion: from the prepared set's manifest when the run trained on one, else
     read again as train read it (the datasets cache answers). A stream has no row count."""
@@ -186,29 +175,24 @@ def _number(value: Any, digits: int = 4) -> str:
     return "not logged" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
-def render_card(facts: dict[str, Any]) -> str:
-    """The card's markdown, with the Hub's metadata block first."""
-    return "\n".join([front_matter(facts), MARKER, "", *body(facts)]) + "\n"
-
-
-def front_matter(facts: dict[str, Any]) -> str:
-    local = os.path.isdir(os.path.expanduser(facts["base"]))
-    lines = ["---"] + ([] if local else [f"base_model: {facts['base']}"])
-    lines += [
-        f"library_name: {'peft' if facts['peft'] else 'transformers'}",
-        f"pipeline_tag: {'image-text-to-text' if facts['vision'] else 'text-generation'}",
-        "tags:",
-        *[f"- {tag}" for tag in ("sft", "trl", "sft-recipes", *(["lora"] if facts["peft"] else []))],
-        "---",
-    ]
-    return "\n".join(lines)
-
-
-def body(facts: dict[str, Any]) -> list[str]:
-    f = facts
-    evaluated = f["eval_loss"]
+def render_card(f: dict[str, Any]) -> str:
+    """The card's markdown, with the Hub's metadata block first (a local base is no hub id)."""
+    local = os.path.isdir(os.path.expanduser(f["base"]))
+    evaluated, sequences = f["eval_loss"], f["sequences"]
     processes = "process" if f["world_size"] == 1 else "processes"
-    return [
+    prepared = next((s["prepared"] for s in f["sources"] if s.get("prepared")), None)
+    preprocessed = f"Trained on the set `sft-recipes preprocess` prepared in `{prepared}` from these sources."
+    what = "rows (processed at collation, with their images)" if f["vision"] else "sequences after TRL's preparation"
+    lines = [
+        "---",
+        *([] if local else [f"base_model: {f['base']}"]),
+        f"library_name: {'peft' if f['peft'] else 'transformers'}",
+        f"pipeline_tag: {'image-text-to-text' if f['vision'] else 'text-generation'}",
+        "tags:",
+        *[f"- {tag}" for tag in ("sft", "trl", "sft-recipes", *(["lora"] if f["peft"] else []))],
+        "---",
+        MARKER,
+        "",
         f"# {f['name']}",
         "",
         f"`{f['base']}` fine-tuned with `sft-recipes train` (TRL's SFTTrainer): {f['method'].split(':')[0]}.",
@@ -224,7 +208,14 @@ def body(facts: dict[str, Any]) -> list[str]:
         "",
         "## Data",
         "",
-        *data_lines(f),
+        "| source | split | rows |",
+        "|---|---|---|",
+        *[f"| `{s['source']}` | {s['split']} | {_number(s['rows'])} |" for s in f["sources"]],
+        "",
+        *([preprocessed, ""] if prepared else []),
+        f"- max_length: {f['max_length']}; packing: {f['packing']}; loss on {f['loss_on']}",
+        f"- {what}: {_number(sequences['train'])} for training"
+        + (f", {_number(sequences['eval'])} for evaluation" if sequences["eval"] is not None else ""),
         "",
         "## Training",
         "",
@@ -253,34 +244,18 @@ def body(facts: dict[str, Any]) -> list[str]:
         "|---|---|",
         *[f"| {name} | {version or 'not installed'} |" for name, version in f["versions"].items()],
     ]
-
-
-def data_lines(f: dict[str, Any]) -> list[str]:
-    rows = [f"| `{s['source']}` | {s['split']} | {_number(s['rows'])} |" for s in f["sources"]]
-    prepared = next((s["prepared"] for s in f["sources"] if s.get("prepared")), None)
-    sequences = f["sequences"]
-    what = "rows (processed at collation, with their images)" if f["vision"] else "sequences after TRL's preparation"
-    lines = ["| source | split | rows |", "|---|---|---|", *rows, ""]
-    if prepared:
-        lines += [f"Trained on the set `sft-recipes preprocess` prepared in `{prepared}` from these sources.", ""]
-    lines += [
-        f"- max_length: {f['max_length']}; packing: {f['packing']}; loss on {f['loss_on']}",
-        f"- {what}: {_number(sequences['train'])} for training"
-        + (f", {_number(sequences['eval'])} for evaluation" if sequences["eval"] is not None else ""),
-    ]
-    return lines
+    return "\n".join(lines) + "\n"
 
 
 def write_merged_card(adapter_dir: str | Path, merged_dir: str | Path, base: str) -> Path:
-    """The adapter's card for the merged folder (same run, loaded as a full model), with its loss curve."""
+    """The adapter's card for `merge`'s folder (same run, loaded as a full model), with its loss curve."""
     import shutil
 
     adapter, merged = Path(adapter_dir), Path(merged_dir)
     source = adapter / CARD
     text = source.read_text() if source.is_file() else ""
-    note = (
-        f"This folder is the LoRA adapter of `{adapter.resolve().name}` merged into `{base}`: load it as a full model."
-    )
+    run = adapter.resolve().name
+    note = f"This folder is the LoRA adapter of `{run}` merged into `{base}`: load it as a full model."
     if MARKER in text:
         text = text.replace("library_name: peft", "library_name: transformers", 1)
         title, _, rest = text.partition("\n# ")
@@ -289,7 +264,7 @@ def write_merged_card(adapter_dir: str | Path, merged_dir: str | Path, base: str
         if (adapter / CURVE).is_file():
             shutil.copy2(adapter / CURVE, merged / CURVE)
     else:  # an adapter trained elsewhere: say only what is known
-        text = f"---\nlibrary_name: transformers\n---\n{MARKER}\n\n# {adapter.resolve().name} (merged)\n\n{note}\n"
+        text = f"---\nlibrary_name: transformers\n---\n{MARKER}\n\n# {run} (merged)\n\n{note}\n"
         text += "\n`merge_check.json` holds the logit check of the merge.\n"
     (merged / CARD).write_text(text)
     return merged / CARD

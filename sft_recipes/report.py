@@ -30,8 +30,7 @@ def find_trainer_state(output_dir: Path) -> Path:
         return top
     from sft_recipes.run_dir import checkpoints
 
-    states = [path / "trainer_state.json" for path in checkpoints(output_dir)]
-    states = [state for state in states if state.is_file()]
+    states = [state for path in checkpoints(output_dir) if (state := path / "trainer_state.json").is_file()]
     if not states:
         raise error(
             str(top),
@@ -75,7 +74,7 @@ def plot(history: list[dict[str, Any]], png: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    # A bare Figure on the Agg canvas: no pyplot global state, no display needed
+    # A bare Figure on the Agg canvas: no pyplot global state, no display needed.
     figure = Figure(figsize=(12, 8), layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title)
@@ -126,9 +125,7 @@ def check_replaceable(path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("report", __doc__)
     parser.add_argument("output_dir", type=Path, help="the output_dir of a training run")
-    parser.add_argument(
-        "--out", type=Path, help="PNG to write (default OUTPUT_DIR/report.png); the HTML goes beside it"
-    )
+    parser.add_argument("--out", type=Path, help="the PNG (default OUTPUT_DIR/report.png); the HTML goes beside it")
     return parser
 
 

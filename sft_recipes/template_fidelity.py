@@ -1,9 +1,4 @@
-"""Does the chat template the loss is computed with render conversations exactly as the model's own template does?
-
-With `assistant_only_loss`, TRL trains with a copy of the template that carries `{% generation %}` markers (its own
-`trl/chat_templates/*_training.jinja`, or the recipe's `chat_template_path`). The model is then served with its own
-template. Where the two renders differ, the model learns from text it never sees at inference.
-"""
+"""Whether the template the loss is computed with renders conversations exactly as the model's own template does."""
 
 from __future__ import annotations
 
@@ -18,47 +13,37 @@ MARKED_INFERENCE_FIX = (
     "exactly what inference renders"
 )
 
-SAMPLE_CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = (
-    (
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-    ),
-    (
-        {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "Capital of Japan?"},
-        {"role": "assistant", "content": "Tokyo."},
-    ),
-    (
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4."},
-        {"role": "user", "content": "And 3+3?"},
-        {"role": "assistant", "content": "6."},
-    ),
-    (
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Name a colour."},
-        {"role": "assistant", "content": "Red."},
-        {"role": "user", "content": "Another one?"},
-        {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": "Last one."},
-        {"role": "assistant", "content": "Green."},
-    ),
-    (
-        {"role": "user", "content": "Think first: is 7 prime?"},
-        {"role": "assistant", "content": "<think>\nIt has no divisors but 1 and 7.\n</think>\n\nYes."},
-        {"role": "user", "content": "And 9?"},
-        {"role": "assistant", "content": "No, 9 = 3 * 3."},
-    ),
-    (
-        {"role": "user", "content": "  Spaces around me  "},
-        {"role": "assistant", "content": "  Trimmed or not?  "},
-    ),
+# The conversations checked unless a caller passes its own: one (role, content) pair per message.
+SAMPLE_CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = tuple(
+    tuple({"role": role, "content": content} for role, content in chat)
+    for chat in (
+        (("user", "What is the capital of France?"), ("assistant", "Paris.")),
+        (("system", "Answer in one word."), ("user", "Capital of Japan?"), ("assistant", "Tokyo.")),
+        (("user", "2+2?"), ("assistant", "4."), ("user", "And 3+3?"), ("assistant", "6.")),
+        (
+            ("system", "Be brief."),
+            ("user", "Name a colour."),
+            ("assistant", "Red."),
+            ("user", "Another one?"),
+            ("assistant", "Blue."),
+            ("user", "Last one."),
+            ("assistant", "Green."),
+        ),
+        (
+            ("user", "Think first: is 7 prime?"),
+            ("assistant", "<think>\nIt has no divisors but 1 and 7.\n</think>\n\nYes."),
+            ("user", "And 9?"),
+            ("assistant", "No, 9 = 3 * 3."),
+        ),
+        (("user", "  Spaces around me  "), ("assistant", "  Trimmed or not?  ")),
+    )
 )
 
 
 @dataclass(frozen=True)
 class RenderDifference:
-    """Where one conversation's training render first departs from its inference render, and what to do."""
+    """Where a conversation's training render first departs from its inference render: the model learns text it never
+    sees at inference."""
 
     conversation: int  # index into the conversations checked
     offset: int  # first differing character
@@ -80,9 +65,8 @@ def render_differences(
     conversations: Any = SAMPLE_CONVERSATIONS,
     inference_template: str | None = None,
 ) -> list[RenderDifference]:
-    """Each conversation whose render with `training_template` differs from its render with the inference template
-    (the processing class's own unless given), with the first differing text of both and a named cause and fix.
-    A conversation both templates refuse (e.g. a system turn for Gemma 2) is no difference."""
+    """Each conversation `training_template` renders unlike the inference template (the processing class's own unless
+    given), with a named cause and fix; one both refuse (e.g. a system turn for Gemma 2) is no difference."""
     inference_template = inference_template or _own_template(processing_class)
     differences = []
     for index, messages in enumerate(conversations):
@@ -92,9 +76,16 @@ def render_differences(
         if inference_error and training_error:
             continue
         if inference_error or training_error:
-            differences.append(_refusal(index, inference, training, inference_error, training_error))
+            which, error = ("training", training_error) if training_error else ("inference", inference_error)
+            offset, fix = 0, MARKED_INFERENCE_FIX
+            cause = f"only the {which} template refuses this conversation ({error})"
         elif inference != training:
-            differences.append(_difference(index, inference, training))
+            offset = _first_difference(inference, training)
+            cause, fix = _explain(inference[offset:], training[offset:])
+        else:
+            continue
+        end = offset + CONTEXT
+        differences.append(RenderDifference(index, offset, inference[offset:end], training[offset:end], cause, fix))
     return differences
 
 
@@ -144,14 +135,6 @@ def _first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def _difference(index: int, inference: str, training: str) -> RenderDifference:
-    offset = _first_difference(inference, training)
-    cause, fix = _explain(inference[offset:], training[offset:])
-    return RenderDifference(
-        index, offset, inference[offset : offset + CONTEXT], training[offset : offset + CONTEXT], cause, fix
-    )
-
-
 def _explain(inference_tail: str, training_tail: str) -> tuple[str, str]:
     if training_tail.startswith(THINK) and not inference_tail.startswith(THINK):
         kind = "an empty <think></think> block" if training_tail.startswith(EMPTY_THINK) else "its <think> block"
@@ -163,27 +146,10 @@ def _explain(inference_tail: str, training_tail: str) -> tuple[str, str]:
             "never sees in its history",
         )
     if inference_tail.startswith(THINK) and not training_tail.startswith(THINK):
-        return (
-            "the inference template writes a <think> block the training template leaves out",
-            MARKED_INFERENCE_FIX,
-        )
+        return "the inference template writes a <think> block the training template leaves out", MARKED_INFERENCE_FIX
     if not training_tail or not inference_tail:
         longer = "training" if training_tail else "inference"
         return f"the {longer} render goes on where the other ends", MARKED_INFERENCE_FIX
     if training_tail.strip() == inference_tail.strip() or training_tail.lstrip() == inference_tail.lstrip():
         return "the templates disagree on whitespace", MARKED_INFERENCE_FIX
     return "the training template renders different text", MARKED_INFERENCE_FIX
-
-
-def _refusal(
-    index: int, inference: str, training: str, inference_error: str | None, training_error: str | None
-) -> RenderDifference:
-    which, error = ("training", training_error) if training_error else ("inference", inference_error)
-    return RenderDifference(
-        index,
-        0,
-        inference[:CONTEXT],
-        training[:CONTEXT],
-        f"only the {which} template refuses this conversation ({error})",
-        MARKED_INFERENCE_FIX,
-    )

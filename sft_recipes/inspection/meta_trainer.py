@@ -1,8 +1,4 @@
-"""The real `trl.SFTTrainer` around a meta-device model: TRL's own preparation, collator and sampler, no weights.
-
-The only module of the package that touches TRL's or transformers' private names: when they move upstream, this file
-alone changes.
-"""
+"""The real `trl.SFTTrainer` on a meta-device model: the one module touching TRL/transformers private names."""
 
 from __future__ import annotations
 
@@ -11,10 +7,12 @@ import copy
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
+from logging.handlers import BufferingHandler
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import Problem, error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,9 +21,8 @@ SHARDING_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")  # what `acce
 
 
 def build_meta_model(model_args: Any, training_args: Any, kind: str, config_dict: dict[str, Any] | None = None) -> Any:
-    """The model's architecture with every tensor on the meta device: SFTTrainer needs a model object, never its
-    weights, to prepare data (a 70B config costs nothing here). From config_dict when given (e.g. an offline
-    snapshot), else from the model's config.json."""
+    """The architecture on the meta device (SFTTrainer prepares data with a model object, never its weights), from
+    config_dict when given (e.g. an offline snapshot), else from the model's config.json."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -55,8 +52,8 @@ def check_attn_implementation(model: Any, implementation: str) -> str:
 
 @contextlib.contextmanager
 def _outside_zero3_init() -> Iterator[None]:
-    """Under an accelerate ZeRO-3 launch, from_config would partition the skeleton with deepspeed.zero.Init, which
-    cannot copy meta tensors: step out of transformers' global DeepSpeed config for the skeleton only."""
+    """Under a ZeRO-3 launch, from_config would partition the skeleton with deepspeed.zero.Init, which cannot copy
+    meta tensors: step out of transformers' global DeepSpeed config for the skeleton only."""
     from transformers.integrations import deepspeed
 
     saved = deepspeed._hf_deepspeed_config_weak_ref
@@ -69,9 +66,8 @@ def _outside_zero3_init() -> Iterator[None]:
 
 @contextlib.contextmanager
 def outside_launch() -> Iterator[None]:
-    """Wrap every use of a meta trainer. Inside `accelerate launch` (train's preflight) its TrainingArguments would
-    reset accelerate's process-wide state and publish a DeepSpeed config that the real model load then partitions
-    with: it runs without DeepSpeed or FSDP, and the process-wide state is put back afterwards."""
+    """Wrap every use of a meta trainer: inside `accelerate launch` its TrainingArguments would reset accelerate's
+    process-wide state and publish a DeepSpeed config the real model load then partitions with."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     env = {name: os.environ.pop(name) for name in SHARDING_ENV if name in os.environ}
@@ -107,28 +103,16 @@ def inspection_args(training_args: Any, output_dir: str, **changes: Any) -> Any:
     return args
 
 
-class _Collect(logging.Handler):
-    """TRL's warnings while it prepares the data (e.g. a prompt that is not a prefix of its completion)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() not in self.messages:
-            self.messages.append(record.getMessage())
-
-
 def meta_trainer(
     model: Any, processing_class: Any, train: Any, args: Any, source: str = "data", eval_dataset: Any = None
 ) -> tuple[Any, list[Problem]]:
-    """(trl.SFTTrainer with `train` and `eval_dataset` prepared, TRL's warnings as problems); `args` from
-    inspection_args. A recipe TRL refuses, or a row the chat template fails on (`source` names the data), is a
-    RecipeError."""
+    """(trl.SFTTrainer with the data prepared, TRL's warnings as problems); `args` from inspection_args. A recipe TRL
+    refuses, or a row the chat template fails on (`source` names the data), is a RecipeError."""
     from jinja2 import TemplateError
     from trl import SFTTrainer
 
-    collect = _Collect()
+    collect = BufferingHandler(sys.maxsize)  # TRL's warnings, e.g. a prompt that is not a prefix of its completion
+    collect.setLevel(logging.WARNING)
     logging.getLogger("trl").addHandler(collect)
     try:
         trainer = SFTTrainer(
@@ -136,20 +120,17 @@ def meta_trainer(
         )
     except TemplateError as err:
         row = _failing_row(train, processing_class)
-        raise RecipeError(
-            Problem(
-                source if row is None else f"{source}[row {row}]",
-                f"the chat template fails on this row: {err}",
-                "fix the row (many templates demand strictly alternating user/assistant turns), or the template",
-            )
+        raise error(
+            source if row is None else f"{source}[row {row}]",
+            f"the chat template fails on this row: {err}",
+            "fix the row (many templates demand strictly alternating user/assistant turns), or the template",
         ) from None
     except (ValueError, RuntimeError, TypeError) as err:
-        raise RecipeError(
-            Problem("SFTTrainer", f"TRL refuses this recipe: {err}", "training would fail the same way")
-        ) from None
+        raise error("SFTTrainer", f"TRL refuses this recipe: {err}", "training would fail the same way") from None
     finally:
         logging.getLogger("trl").removeHandler(collect)
-    return trainer, [Problem("TRL", message, severity="warning") for message in collect.messages]
+    messages = dict.fromkeys(record.getMessage() for record in collect.buffer)
+    return trainer, [Problem("TRL", message, severity="warning") for message in messages]
 
 
 def _failing_row(train: Any, processing_class: Any) -> int | None:
@@ -186,8 +167,8 @@ def build_trainer(recipe: Any, output_dir: str) -> tuple[Any, Any, list[Problem]
 
 
 def prepare_whole(trainer: Any, raw_train: Any) -> Any:
-    """`raw_train` through TRL's preparation again without max_length or packing (untruncated lengths): its
-    tokenization has the fingerprint of the real one, so it is read back from the datasets cache."""
+    """`raw_train` through TRL's preparation without max_length or packing (untruncated lengths); its tokenization
+    has the real one's fingerprint, so the datasets cache answers."""
     from trl import SFTTrainer
 
     # A copy, not dataclasses.replace: re-running TrainingArguments.__post_init__ resets the accelerator state.
@@ -206,8 +187,7 @@ def is_vlm(trainer: Any) -> bool:
 
 
 def first_rows(trainer: Any, n: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """The first `n` rows the training loop gets, through the trainer's own sampler and collator, and the padding
-    each gets in its batch."""
+    """The first `n` rows the training loop gets (the trainer's own sampler and collator), and each one's padding."""
     collator = trainer.data_collator
     received: list[dict[str, Any]] = []
     padding: list[int] = []
@@ -231,9 +211,6 @@ def first_rows(trainer: Any, n: int) -> tuple[list[dict[str, Any]], list[int]]:
     return received[:n], padding[:n]
 
 
-# -- what the checks need to know about the data and its template -------------------------------------------------
-
-
 @dataclass
 class Context:
     """The trainer and what the checks need to know about the data and its template."""
@@ -244,7 +221,6 @@ class Context:
     first: dict[str, Any]  # its first row
     tokenizer: Any
     end_of_turn: str | None  # the token closing an assistant turn in the template TRL renders with
-    stop: str | None  # the token each document should end on: end of turn (conversations) or EOS
 
     @property
     def conversational(self) -> bool:
@@ -252,13 +228,15 @@ class Context:
 
         return is_conversational(self.first) or "conversations" in self.first
 
+    @property
+    def stop(self) -> str | None:
+        """The token each document should end on: end of turn (conversations) or EOS."""
+        return self.end_of_turn if self.conversational and self.end_of_turn else self.tokenizer.eos_token
+
 
 def build_context(recipe: Any, trainer: Any, raw_train: Any) -> Context:
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    end_of_turn = end_of_turn_token(trainer, tokenizer)
-    ctx = Context(recipe, trainer, raw_train, next(iter(raw_train)), tokenizer, end_of_turn, None)
-    ctx.stop = end_of_turn if ctx.conversational and end_of_turn else tokenizer.eos_token
-    return ctx
+    return Context(recipe, trainer, raw_train, next(iter(raw_train)), tokenizer, end_of_turn_token(trainer, tokenizer))
 
 
 def special_ids(tokenizer: Any) -> set[int]:
@@ -266,26 +244,21 @@ def special_ids(tokenizer: Any) -> set[int]:
 
 
 def image_token_id(trainer: Any) -> int | None:
-    """The id the model swaps for image features (from the config: a processor's `image_token` can be the
-    begin-of-image marker, as in Gemma 3)."""
+    """The id the model swaps for image features, from the config (a processor's `image_token` may be a begin mark)."""
     config = trainer.model.config
     token_id = getattr(config, "image_token_id", None)
     return getattr(config, "image_token_index", None) if token_id is None else token_id
 
 
 def end_of_turn_token(trainer: Any, tokenizer: Any) -> str | None:
-    """The token closing an assistant turn in the template the trainer renders with (e.g. <|im_end|>): the first
-    special or added token after the assistant's content."""
+    """The token closing an assistant turn (e.g. <|im_end|>): the first special or added token after its content."""
     template = trainer.chat_template or getattr(trainer.processing_class, "chat_template", None)
     if not template:
         return None
     answer = "Zebra quartz"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}],
-            chat_template=template,
-            tokenize=False,
-        )
+        text = tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that cannot render this probe has no end token to report
         return None
     tail = tokenizer(text[text.rfind(answer) + len(answer) :], add_special_tokens=False)["input_ids"]
