@@ -33,7 +33,6 @@ MERGE = "sft_recipes/merge.py"
 ROWS = "sft_recipes/data/rows.py"
 IMAGES = "sft_recipes/data/images.py"
 TOOL_CALLS = "sft_recipes/data/tool_calls.py"
-PREFERENCE = "sft_recipes/data/preference.py"
 FORMATS = "sft_recipes/data/formats.py"
 FIDELITY = "sft_recipes/template_fidelity.py"
 RUN_DIR = "sft_recipes/run_dir.py"
@@ -142,8 +141,8 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_merge.py',), 'quantized and 4bit',
         'a QLoRA adapter merged without dequantizing the base that training computed with'),
     Mutant('rows-gpt-is-user', ROWS,
-        '"gpt": "assistant",',
-        '"gpt": "user",',
+        '**dict.fromkeys(("human", "user"), "user"),\n    **dict.fromkeys(("gpt", ',
+        '**dict.fromkeys(("human", "user", "gpt"), "user"),\n    **dict.fromkeys((',
         ('test_data.py',), 'sharegpt',
         'ShareGPT gpt turns become user turns'),
     Mutant('rows-system-column-dropped', ROWS,
@@ -162,7 +161,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_data.py',), 'vision_rows',
         'relative image paths resolved against the working directory instead of the data file'),
     Mutant('rows-function-call-as-text', ROWS,
-        'calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None',
+        'calls = tool_calls.parse_function_call(turn.get("value")) if is_call else None',
         'calls = None',
         ('test_data_tool_calls.py',), 'glaive',
         'ShareGPT function_call turns trained as plain assistant text'),
@@ -171,7 +170,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '            json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
         ('test_data_tool_calls.py',), 'glaive',
         'a JSON-string tools column passed on as a string'),
-    Mutant('rows-label-false-trained', PREFERENCE,
+    Mutant('rows-label-false-trained', FORMATS,
         'return [label is not False for label in labels]',
         'return [True for label in labels]',
         ('test_data_preference.py',), 'label',
@@ -187,14 +186,8 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_data.py',), 'bad_rows',
         'a whitespace-only assistant turn is trained'),
     Mutant('formats-messages-before-prompt-completion', FORMATS,
-        'if {"prompt", "completion"} <= cols:\n'
-        '        return "prompt_completion"\n'
-        '    if "messages" in cols:',
-        'if "messages" in cols:\n'
-        '        return "messages"\n'
-        '    if {"prompt", "completion"} <= cols:\n'
-        '        return "prompt_completion"\n'
-        '    if "messages" in cols:',
+        '    "prompt_completion": ("prompt", "completion"),\n    "messages": ("messages",),\n',
+        '    "messages": ("messages",),\n    "prompt_completion": ("prompt", "completion"),\n',
         ('test_data.py',), 'precedence',
         "messages detected before prompt-completion (TRL's precedence reversed)"),
     # templates

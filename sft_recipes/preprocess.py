@@ -2,10 +2,6 @@
 
 Usage: sft-recipes preprocess --config recipes/<model>/<method>.yaml --out DIR [--overwrite]
        sft-recipes train --config recipes/<model>/<method>.yaml --prepared DIR
-
-The rows go through TRL's own SFTTrainer preparation on a meta-device model (no weights), are saved with
-datasets.save_to_disk, and carry the fingerprint of what shaped them. `train --prepared DIR` memory-maps them on every
-rank, reads no raw data and tokenizes nothing, and refuses them when the recipe no longer gives the same fingerprint.
 """
 
 from __future__ import annotations
@@ -75,7 +71,7 @@ def prepare(recipe: Any, out: str, overwrite: bool = False) -> dict[str, Any]:
 def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
     """Refuse what has nothing to prepare up front (streams, images) and an --out that holds something else."""
     from sft_recipes.data.prepared import MANIFEST
-    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, load_config_dict
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     if recipe.script.prepared:
         raise RecipeError(Problem("prepared", "the recipe already trains on a prepared set", "drop `prepared`"))
@@ -83,9 +79,7 @@ def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
         raise RecipeError(
             Problem("dataset_streaming", "a stream has no end to prepare and save", "set it to false to preprocess")
         )
-    model_args = recipe.model
-    config = load_config_dict(model_args, recipe.training.trust_remote_code)
-    if detect_model_kind(config, model_args.model_kind) == IMAGE_TEXT_TO_TEXT:
+    if _model_kind(recipe) == IMAGE_TEXT_TO_TEXT:
         raise RecipeError(
             Problem(
                 "model_name_or_path",
@@ -104,13 +98,17 @@ def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
 
 def loaded_tokenizer(recipe: Any) -> Any:
     """The recipe's tokenizer as train loads it, before SFTTrainer touches it."""
-    from sft_recipes.model.kind import detect_model_kind, load_config_dict
     from sft_recipes.model.tokenizer import load_processing_class
 
-    model_args, training_args = recipe.model, recipe.training
-    kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
-    processing_class = load_processing_class(model_args, training_args, kind)
+    processing_class = load_processing_class(recipe.model, recipe.training, _model_kind(recipe))
     return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _model_kind(recipe: Any) -> str:
+    from sft_recipes.model.kind import detect_model_kind, load_config_dict
+
+    config = load_config_dict(recipe.model, recipe.training.trust_remote_code)
+    return detect_model_kind(config, recipe.model.model_kind)
 
 
 def prepared_datasets(recipe: Any) -> tuple[Any, Any]:
@@ -138,11 +136,9 @@ def prepared_by_trl(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
     """trl.SFTTrainer on the meta-device model (inspection's engine) with `train` and `eval_` prepared by TRL itself:
     the preparation, collator and template setup the training run gets."""
     from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
-    from sft_recipes.model.kind import detect_model_kind, load_config_dict
     from sft_recipes.model.tokenizer import load_processing_class
 
-    model_args, training_args = recipe.model, recipe.training
-    kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
+    model_args, training_args, kind = recipe.model, recipe.training, _model_kind(recipe)
     processing_class = load_processing_class(model_args, training_args, kind)
     model = build_meta_model(model_args, training_args, kind)
     source = recipe.script.dataset_name or "datasets"

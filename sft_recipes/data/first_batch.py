@@ -1,5 +1,4 @@
-"""The first batch as training builds it: rows decoded and collated by the trainer's own collator, so that a row the
-processor cannot take (more image tokens than images, a truncated image file) is named before training starts."""
+"""The first batch as the trainer's collator builds it: a row the processor cannot take is named before training."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ _FIX = "fix or drop that row: train stops at the first batch that holds it"
 
 
 def first_batch_problems(dataset, collate: Any, source: str, rows: int) -> list[Problem]:
-    """Problems ("<source>[row <i>]") of the first `rows` rows built into one batch by `collate` (TRL's collator:
-    for vision data, the processor call a training step makes). When the batch fails, each row alone names the
-    rows that do; rows are fetched afresh each time, as collators rewrite the rows they get."""
+    """Problems ("<source>[row <i>]") of the first `rows` rows built into one batch by `collate` (TRL's: for vision
+    data, the processor call a training step makes: image tokens vs images, truncated image files). When the batch
+    fails, each row alone names those that do; rows are fetched afresh, as collators rewrite the rows they get."""
     from datasets import Dataset
 
     if not isinstance(dataset, Dataset):  # a stream: its head as one batch

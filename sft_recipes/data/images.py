@@ -9,14 +9,12 @@ PLACEHOLDER = "<image>"  # LLaMA-Factory's and LLaVA's marker for "the next imag
 
 
 def typed_placeholders(messages: Any) -> Any:
-    """Messages whose string content holds `<image>` markers, as typed content in marker order:
-    "<image>Who is it?" -> [{"type": "image"}, {"type": "text", "text": "Who is it?"}].
+    """Messages with `<image>` markers as typed content: "<image>Who?" -> [{"type": "image"}, {"type": "text", ...}].
 
-    Every string content of such a conversation becomes typed, not only the marked ones: TRL fills a conversation
-    whose first user turn is a string by inserting all its images there, on top of the markers, and the processor
-    then counts twice the image tokens it has images. Text between markers is kept verbatim.
+    Every string content becomes typed, not only the marked ones: TRL inserts all images into a string first user
+    turn, on top of the markers, and the processor then counts twice the image tokens it has images.
     """
-    if not isinstance(messages, list) or not any(_marked(m) for m in messages):
+    if not isinstance(messages, list) or not any(_has_text(m) and PLACEHOLDER in m["content"] for m in messages):
         return messages
     return [{**m, "content": _blocks(m["content"])} if _has_text(m) else m for m in messages]
 
@@ -72,10 +70,6 @@ def image_issues(row: dict, messages: Any, base_dir: str | None) -> list[str]:
             f"exactly one image per placeholder (an image block or a {PLACEHOLDER} marker in the text)"
         )
     return issues
-
-
-def _marked(message: Any) -> bool:
-    return isinstance(message, dict) and isinstance(message.get("content"), str) and PLACEHOLDER in message["content"]
 
 
 def _has_text(message: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -32,42 +33,46 @@ def load_training_data(
     Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
     `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
     """
-    fmt = getattr(script_args, "dataset_format", "auto") or "auto"
-    preference_column = getattr(script_args, "preference_column", None)
-    text_field = training_args.dataset_text_field
-    num_proc = training_args.dataset_num_proc
+    problems: list[Problem] = []  # collected so that every source is reported at once
+    prepare = functools.partial(
+        _prepare,
+        problems=problems,
+        fmt=getattr(script_args, "dataset_format", "auto") or "auto",
+        text_field=training_args.dataset_text_field,
+        num_proc=training_args.dataset_num_proc,
+        preference_column=getattr(script_args, "preference_column", None),
+    )
     want_eval = wants_eval(training_args)
-    problems: list[Problem] = []
     eval_ds = None
-
+    source = script_args.dataset_name
+    train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
     if mixture.datasets:
-        if script_args.dataset_name:
+        if source:
             logger.warning(
                 "Both `datasets` and `dataset_name` are set: the `datasets` mixture is used and `dataset_name` "
                 "(%s) is ignored, as in TRL.",
-                script_args.dataset_name,
+                source,
             )
-        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, preference_column, counts)
-    elif script_args.dataset_name:
+        train = _load_mixture(mixture, prepare, problems, training_args.dataset_num_proc, counts)
+    elif source:
         from trl.scripts.utils import DatasetConfig
 
-        source = script_args.dataset_name
         cfg = DatasetConfig(path=source, name=script_args.dataset_config)
         splits = _load(cfg, "dataset_name", split=None, streaming=script_args.dataset_streaming)
-        if script_args.dataset_train_split not in splits:
+        if train_split not in splits:
             raise error(
                 "dataset_train_split",
-                f"{source} has no split {script_args.dataset_train_split!r}; splits found: {', '.join(splits)}",
+                f"{source} has no split {train_split!r}; splits found: {', '.join(splits)}",
                 fix="set dataset_train_split to one of those",
             )
-        train_split = splits[script_args.dataset_train_split]
-        train = _prepare(train_split, fmt, source, text_field, num_proc, problems, preference_column=preference_column)
-        test_split = script_args.dataset_test_split
-        if want_eval and test_split in splits and test_split != script_args.dataset_train_split:
-            label = f"{source}:{test_split}"
-            eval_ds = _prepare(
-                splits[test_split], fmt, label, text_field, num_proc, problems, source_dir(source), preference_column
-            )
+        train = prepare(splits[train_split], source)
+        if want_eval and test_split in splits and test_split != train_split:
+            eval_ds = prepare(splits[test_split], f"{source}:{test_split}", source_dir(source))
+        _raise_errors(problems)
+        if counts is not None:
+            counts += [
+                _count(source, s, ds) for s, ds in ((train_split, train), (test_split, eval_ds)) if ds is not None
+            ]
     else:
         raise error(
             "dataset_name",
@@ -75,11 +80,6 @@ def load_training_data(
             fix="set dataset_name (a .jsonl/.json/.parquet/.csv file, a directory of them, or a hub id) "
             "or a `datasets:` list",
         )
-
-    _raise_errors(problems)
-    if counts is not None and not mixture.datasets:
-        used = [(script_args.dataset_train_split, train), (script_args.dataset_test_split, eval_ds)]
-        counts += [_count(script_args.dataset_name, split, ds) for split, ds in used if ds is not None]
     if want_eval and eval_ds is None:
         eval_ds, train = _split_eval(train, mixture.test_split_size, training_args.seed, script_args)
     return train, eval_ds
@@ -138,8 +138,7 @@ def local_data_files(cfg) -> list[str]:
     elif os.path.isfile(path):
         found = [path]
     if cfg.data_files is not None and not found:  # generic builder ("json") with local data_files
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        found = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
+        found = [f for pattern in _files(cfg.data_files) for f in sorted(glob.glob(os.path.expanduser(pattern)))]
     return found
 
 
@@ -158,25 +157,21 @@ def _array_of_non_objects(path: str) -> list[Problem]:
         return []
     if isinstance(first, dict):
         return []
+    shown = " ".join(head.split())
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
     return [
         Problem(
             path,
-            f"a JSON array of {type(first).__name__} ({_abridged(head)}): each row must be a JSON object",
+            f"a JSON array of {type(first).__name__} ({shown}): each row must be a JSON object",
             'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines',
         )
     ]
 
 
-def _abridged(text: str, width: int = 40) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[:width] + "..."
-
-
 def _label(cfg) -> str:
     """How problems name a mixture entry: its path, or its data files when the path is a builder (`json`)."""
     if cfg.path in BUILDERS.values() and cfg.data_files is not None:
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        return ", ".join(str(f) for f in files)
+        return ", ".join(str(f) for f in _files(cfg.data_files))
     return cfg.path
 
 
@@ -212,15 +207,7 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
         ) from e
 
 
-def _load_mixture(
-    mixture,
-    fmt: str,
-    text_field: str,
-    num_proc: int | None,
-    problems: list[Problem],
-    preference_column: str | None,
-    counts: list | None = None,
-) -> Any:
+def _load_mixture(mixture, prepare, problems: list[Problem], num_proc: int | None, counts: list | None) -> Any:
     """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
     import datasets
 
@@ -250,10 +237,7 @@ def _load_mixture(
         total = min(len(ds) / w for ds, w in zip(raw, weights, strict=True))
         raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
 
-    parts = [
-        _prepare(ds, fmt, _label(cfg), text_field, num_proc, problems, preference_column=preference_column)
-        for ds, cfg in zip(raw, mixture.datasets, strict=True)
-    ]
+    parts = [prepare(ds, _label(cfg)) for ds, cfg in zip(raw, mixture.datasets, strict=True)]
     _raise_errors(problems)
     if counts is not None:
         counts += [_count(cfg.path, cfg.split, ds) for cfg, ds in zip(mixture.datasets, parts, strict=True)]
@@ -265,27 +249,16 @@ def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
     return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
 
 
-def _prepare(
-    ds,
-    fmt,
-    source,
-    text_field,
-    num_proc,
-    problems: list[Problem],
-    base_dir: str | None = None,
-    preference_column: str | None = None,
-) -> Any:
-    """Check and convert one split; problems are collected so that every source is reported at once."""
+def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Problem], fmt, num_proc, **kwargs) -> Any:
+    """Check and convert one split, its problems added to `problems`; `kwargs` are to_trl_format's."""
     from datasets import Dataset
 
-    kwargs = {"text_field": text_field, "base_dir": base_dir, "preference_column": preference_column}
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, **kwargs)
+            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, base_dir=base_dir, **kwargs)
             if any(p.severity == "error" for p in head):
-                problems += head
-                return ds
-        return to_trl_format(ds, fmt, source, num_proc=num_proc, **kwargs)
+                raise RecipeError(head)
+        return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **kwargs)
     except RecipeError as e:
         problems += e.problems
         return ds
@@ -392,9 +365,12 @@ def _looks_like_file(path: str) -> bool:
     return Path(path).suffix in BUILDERS or path.startswith(("./", "../", "/", "~"))
 
 
-def _flatten(data_files: Any):
-    for value in data_files.values() if isinstance(data_files, dict) else data_files:
-        yield from [value] if isinstance(value, str) else value
+def _files(data_files: Any) -> list[str]:
+    """`data_files` (a path, a list, or split -> path or list) as one list."""
+    if isinstance(data_files, str):
+        return [data_files]
+    values = data_files.values() if isinstance(data_files, dict) else data_files
+    return [f for value in values for f in ([value] if isinstance(value, str) else value)]
 
 
 def _json_problem(path, e: json.JSONDecodeError, lineno: int) -> Problem:

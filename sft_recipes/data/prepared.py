@@ -1,5 +1,4 @@
-"""A prepared training set: the rows TRL's preparation made (tokenized, masked, packed), saved with the fingerprint of
-everything that shaped them, and the check that a recipe still matches that fingerprint."""
+"""A prepared training set: TRL's tokenized, masked, packed rows, saved with the fingerprint of what shaped them."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from typing import Any
 from sft_recipes.errors import Problem, RecipeError
 
 MANIFEST = "prepared.json"  # written last: a folder without it is not (yet) a prepared set
-SPLITS = ("train", "eval")
 # ScriptArguments fields that never change a row; every other one (today's and tomorrow's data keys) is fingerprinted.
 NOT_DATA = {"prepared", "merge_adapter", "overwrite_output_dir", "gradient_checkpointing_use_reentrant"}
 NOT_DATA |= {"ignore_bias_buffers"}

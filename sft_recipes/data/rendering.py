@@ -1,9 +1,4 @@
-"""What the chat template leaves out of a row: tools, tool calls and tool results it does not render.
-
-A template that ignores `tools` trains the model to call functions it is never shown; one that ignores
-`tool_calls` trains the calling turn as an empty assistant turn. Neither fails: only comparing the text rendered
-with and without them shows it.
-"""
+"""What the chat template leaves out of a row: tools, tool calls and tool results it does not render."""
 
 from __future__ import annotations
 
@@ -26,7 +21,7 @@ def unrendered_tool_use(
     dataset, processing_class: Any, source: str, chat_template: str | None = None, limit: int = TOOL_ROWS_CHECKED
 ) -> list[Problem]:
     """Problems ("<source>[row <i>]") for the tools, tool calls and tool results of converted rows that the chat
-    template renders to the same text as without them, or fails on. One problem per kind is enough to say it."""
+    template renders to the same text as without them (nothing fails otherwise), or fails on; one per kind."""
     columns = [c for c in _TEXT_COLUMNS if c in (dataset.column_names or _TEXT_COLUMNS)]
     if dataset.column_names is not None:  # images are not decoded: rendering needs the text only
         dataset = dataset.select_columns(columns)

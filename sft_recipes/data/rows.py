@@ -1,38 +1,19 @@
-"""One row in any chat format: its conversion to the columns SFTTrainer reads, and checks that name what is wrong."""
+"""One row in any format: its conversion to the columns SFTTrainer reads, and checks that name what is wrong."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sft_recipes.data import tool_calls
 from sft_recipes.data.images import image_issues, resolve_image, typed_placeholders
-from sft_recipes.data.tool_calls import (
-    FUNCTION_CALL_ROLES,
-    function_call_issues,
-    parse_function_call,
-    parse_tools,
-    tools_issue,
-    with_tool_calls,
-)
-from sft_recipes.errors import error
-
-FORMATS = ("text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference")
 
 ROLES = ("system", "user", "assistant", "tool")
 
 SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "model": "assistant",
-    "bard": "assistant",
-    "function_call": "assistant",
+    **dict.fromkeys(("human", "user"), "user"),
+    **dict.fromkeys(("gpt", "assistant", "chatgpt", "model", "bard", "function_call"), "assistant"),
+    **dict.fromkeys(("tool", "function", "function_response", "observation"), "tool"),
     "system": "system",
-    "tool": "tool",
-    "function": "tool",
-    "function_response": "tool",
-    "observation": "tool",
 }
 
 
@@ -46,11 +27,11 @@ def row_issues(row: dict, fmt: str, text_field: str, base_dir: str | None, conve
     else:
         issues = _check_prompt_completion(view["prompt"], view["completion"], conversational)
     if fmt == "sharegpt":
-        issues += function_call_issues(row["conversations"])
+        issues += tool_calls.function_call_issues(row["conversations"])
     messages = view.get("messages") or view.get("prompt")
     if isinstance(messages, list) and isinstance(view.get("completion"), list):
         messages = messages + view["completion"]
-    issues += [issue] if (issue := tools_issue(row.get("tools"))) else []
+    issues += [issue] if (issue := tool_calls.tools_issue(row.get("tools"))) else []
     return issues + image_issues(row, messages, base_dir)
 
 
@@ -71,12 +52,10 @@ def convert_row(row: dict, fmt: str, text_field: str, extras: list[str], base_di
         out = {"messages": sharegpt_messages(row)}
     elif fmt == "alpaca":
         out = alpaca_prompt_completion(row)
-    elif fmt == "prompt_completion":
-        out = {"prompt": _drop_nones(row["prompt"]), "completion": _with_tool_calls(_drop_nones(row["completion"]))}
     else:
-        raise error("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")
+        out = {"prompt": _drop_nones(row["prompt"]), "completion": _with_tool_calls(_drop_nones(row["completion"]))}
     if "tools" in extras:
-        out["tools"] = _drop_nones(parse_tools(row.get("tools")))
+        out["tools"] = _drop_nones(tool_calls.parse_tools(row.get("tools")))
     if "images" in extras:
         images = row["images"] if "images" in row else [row.get("image")]
         out["images"] = [resolve_image(img, base_dir) for img in images or [] if img is not None]
@@ -97,29 +76,20 @@ def sharegpt_messages(row: dict) -> Any:
     if isinstance(system, str) and system.strip():  # LLaMA-Factory's ShareGPT keeps the system prompt in a column
         messages.append({"role": "system", "content": system})
     for turn in conversations:
-        if isinstance(turn, dict) and "from" in turn:
-            message = {k: v for k, v in turn.items() if k not in ("from", "value") and v is not None}
-            role = turn["from"]
-            message["role"] = SHAREGPT_ROLES.get(role.lower(), role) if isinstance(role, str) else role
-            calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None
-            if calls is None:  # a malformed call stays text, for check_rows to name
-                message["content"] = turn.get("value")
-            else:  # empty content, not none: templates without tool support then render it instead of raising
-                message.update(content="", tool_calls=calls)
-            messages.append(message)
-        else:
+        if not (isinstance(turn, dict) and "from" in turn):
             messages.append(_drop_nones(turn))
+            continue
+        message = {k: v for k, v in turn.items() if k not in ("from", "value") and v is not None}
+        role = turn["from"]
+        message["role"] = SHAREGPT_ROLES.get(role.lower(), role) if isinstance(role, str) else role
+        is_call = isinstance(role, str) and role.lower() in tool_calls.FUNCTION_CALL_ROLES
+        calls = tool_calls.parse_function_call(turn.get("value")) if is_call else None
+        if calls is None:  # a malformed call stays text, for check_rows to name
+            message["content"] = turn.get("value")
+        else:  # empty content, not none: templates without tool support then render it instead of raising
+            message.update(content="", tool_calls=calls)
+        messages.append(message)
     return messages
-
-
-def _is_function_call(role: Any) -> bool:
-    return isinstance(role, str) and role.lower() in FUNCTION_CALL_ROLES
-
-
-def _with_tool_calls(messages: Any) -> Any:
-    if not isinstance(messages, list):
-        return messages
-    return [with_tool_calls(m) if isinstance(m, dict) and m.get("tool_calls") else m for m in messages]
 
 
 def alpaca_prompt_completion(row: dict) -> dict:
@@ -133,6 +103,48 @@ def alpaca_prompt_completion(row: dict) -> dict:
     if isinstance(system, str) and system.strip():
         prompt.insert(0, {"role": "system", "content": system})
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": output}]}
+
+
+def chosen_as_prompt_completion(row: dict) -> dict:
+    """A preference row as a prompt-completion row on its chosen answer; its other columns (images, tools) kept."""
+    prompt = _preference_prompt(row)
+    chosen = _answer(row.get("chosen"))
+    if prompt is None:  # TRL's implicit prompt: the longest shared start of chosen and rejected
+        from trl.data_utils import extract_prompt
+
+        split = extract_prompt({"chosen": chosen, "rejected": _answer(row.get("rejected"))})
+        prompt, chosen = split["prompt"], split["chosen"]
+    if isinstance(prompt, list) and isinstance(chosen, str):
+        chosen = [{"role": "assistant", "content": chosen}]
+    elif isinstance(prompt, str) and isinstance(chosen, list):
+        prompt = [{"role": "user", "content": prompt}]
+    rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected", "prompt", "conversations", "messages")}
+    return {**rest, "prompt": prompt, "completion": chosen}
+
+
+def _preference_prompt(row: dict) -> Any:
+    if "prompt" in row:
+        return row["prompt"]
+    if "conversations" in row:  # LLaMA-Factory's ShareGPT preference layout
+        return sharegpt_messages(row)
+    if "messages" in row:
+        return row["messages"]
+    return alpaca_prompt_completion(row)["prompt"] if "instruction" in row else None
+
+
+def _answer(answer: Any) -> Any:
+    """An answer as a string or a message list: LLaMA-Factory keeps one message ({from, value} or {role, content})."""
+    if isinstance(answer, dict):
+        answer = [answer]
+    if isinstance(answer, list) and any(isinstance(m, dict) and "from" in m for m in answer):
+        return sharegpt_messages({"conversations": answer})
+    return answer
+
+
+def _with_tool_calls(messages: Any) -> Any:
+    if not isinstance(messages, list):
+        return messages
+    return [tool_calls.with_tool_calls(m) if isinstance(m, dict) and m.get("tool_calls") else m for m in messages]
 
 
 def _drop_nones(value: Any, top: bool = True) -> Any:

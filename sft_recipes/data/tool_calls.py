@@ -1,9 +1,4 @@
-"""Tool use in the data: ShareGPT function_call turns as assistant tool_calls, and the `tools` column as JSON schemas.
-
-The layout chat templates read (transformers' tool-use docs, TRL's tool-calling datasets): `tools` is a list of
-{"type": "function", "function": {name, description, parameters}}, and an assistant turn that calls a tool carries
-`tool_calls: [{"type": "function", "function": {"name": ..., "arguments": {...}}}]` with the arguments as a mapping.
-"""
+"""Tool use in the data, in the layout chat templates read: function_call turns as tool_calls, `tools` as schemas."""
 
 from __future__ import annotations
 
@@ -28,8 +23,9 @@ def parse_function_call(value: Any) -> list[dict] | None:
 
 
 def tool_call(call: dict) -> dict:
-    """One call in the OpenAI layout, its arguments a mapping (Llama-3.1 and others `tojson` them: a JSON string
-    would be written as a quoted string). Datasets in Llama's own output format name them `parameters`."""
+    """One call as {"type": "function", "function": {"name": ..., "arguments": {...}}} (transformers' tool-use docs),
+    its arguments a mapping (Llama-3.1 and others `tojson` them: a JSON string would be written as a quoted string).
+    Datasets in Llama's own output format name them `parameters`."""
     function = call["function"] if isinstance(call.get("function"), dict) else call
     arguments = function["arguments"] if "arguments" in function else function.get("parameters", {})
     out: dict[str, Any] = {
@@ -42,7 +38,7 @@ def tool_call(call: dict) -> dict:
 
 
 def with_tool_calls(message: dict) -> dict:
-    """An assistant message whose tool_calls are in the layout above (OpenAI-style JSON-string arguments parsed)."""
+    """An assistant message whose tool_calls are in tool_call's layout (OpenAI-style JSON-string arguments parsed)."""
     calls = message.get("tool_calls")
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
         return message  # check_rows names what is wrong with it
@@ -50,8 +46,8 @@ def with_tool_calls(message: dict) -> dict:
 
 
 def parse_tools(tools: Any) -> Any:
-    """The `tools` column as a list of function schemas: a JSON string parsed (glaive keeps them so), bare
-    {name, parameters} schemas wrapped as {"type": "function", "function": ...}; None for no tools."""
+    """The `tools` column as a list of {"type": "function", "function": {name, description, parameters}}: a JSON string
+    parsed (glaive keeps them so), bare {name, parameters} schemas wrapped; None for no tools."""
     if isinstance(tools, str):
         if not tools.strip():
             return None
