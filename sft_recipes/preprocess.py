@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import command_parser, parse_with_recipe
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 
 logger = logging.getLogger("sft_recipes")
 
@@ -74,26 +74,20 @@ def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     if recipe.script.prepared:
-        raise RecipeError(Problem("prepared", "the recipe already trains on a prepared set", "drop `prepared`"))
+        raise error("prepared", "the recipe already trains on a prepared set", "drop `prepared`")
     if recipe.script.dataset_streaming or recipe.mixture.streaming:
-        raise RecipeError(
-            Problem("dataset_streaming", "a stream has no end to prepare and save", "set it to false to preprocess")
-        )
+        raise error("dataset_streaming", "a stream has no end to prepare and save", "set it to false to preprocess")
     if _model_kind(recipe) == IMAGE_TEXT_TO_TEXT:
-        raise RecipeError(
-            Problem(
-                "model_name_or_path",
-                "vision-language rows are processed at collation (images), so TRL prepares nothing up front",
-                "train this recipe from its raw data",
-            )
+        raise error(
+            "model_name_or_path",
+            "vision-language rows are processed at collation (images), so TRL prepares nothing up front",
+            "train this recipe from its raw data",
         )
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise RecipeError(
-                Problem(str(out), "exists, is not empty and is not a prepared set", "choose another --out")
-            )
+            raise error(str(out), "exists, is not empty and is not a prepared set", "choose another --out")
         if not overwrite:
-            raise RecipeError(Problem(str(out), "already holds a prepared set", "pass --overwrite to replace it"))
+            raise error(str(out), "already holds a prepared set", "pass --overwrite to replace it")
 
 
 def loaded_tokenizer(recipe: Any) -> Any:

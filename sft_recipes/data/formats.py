@@ -62,14 +62,10 @@ def to_trl_format(
     base_dir: str | None = None,
     preference_column: str | None = None,
 ):
-    """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads.
-
-    Raises RecipeError naming "<source>[row <i>]" for bad rows: checking inside the conversion's map makes it one
-    pass, parallel under `num_proc`, and cached by `datasets` with the result, so a second run repeats neither.
-    A stream is checked as it is read. Relative image paths resolve against `base_dir`, by default the directory
-    of `source` when that is a local path. Preference rows are refused unless `preference_column` is "chosen";
-    rows whose boolean `label` is false are excluded.
-    """
+    """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads; RecipeError
+    names "<source>[row <i>]" for bad rows. Checking inside the conversion's map makes one pass, parallel under
+    `num_proc`, cached with the result (a stream is checked as it is read). Relative image paths resolve against
+    `base_dir`, by default the directory of a local `source`."""
     from datasets import Dataset
 
     columns = columns_of(dataset)
@@ -118,24 +114,15 @@ def check_rows(
     preference_column: str | None = None,
 ) -> list[Problem]:
     """Problems in the rows of `dataset` (raw in `fmt`, or already converted); `where` is "<source>[row <i>]".
-
-    Roles are system/user/assistant/tool; a system message only comes first; a tool message follows an assistant or
-    tool message; a conversation (or completion) has an assistant turn, else there is nothing to learn; assistant
-    turns are non-empty unless they carry `tool_calls`; content is a string or a list of text/image blocks; images
-    open with PIL and match the `{"type": "image"}` placeholders. Consecutive user (or assistant) turns are allowed:
-    templates that demand alternation (Gemma, Mistral) raise on their own, and many datasets are fine with it.
-    """
-    from datasets import Dataset
-
+    Consecutive user (or assistant) turns are allowed: templates that demand alternation (Gemma, Mistral) raise on
+    their own, and many datasets are fine with it."""
     columns = columns_of(dataset)
     try:
         fmt = _checked_format(columns, fmt, text_field, source)
     except RecipeError as e:
         return e.problems
     if limit is not None:
-        dataset = (
-            dataset.select(range(min(limit, len(dataset)))) if isinstance(dataset, Dataset) else dataset.take(limit)
-        )
+        dataset = dataset.take(limit)
     if fmt == "preference" and preference_column not in PREFERENCE_CHOICES:
         return [refusal(columns, first_row(dataset), source)]
     dataset = _undecoded_images(dataset)
@@ -183,12 +170,8 @@ def without_rejected_labels(dataset, columns: list[str], source: str):
     kept = dataset.filter(_good, input_columns=[LABEL], batched=True, desc=f"Dropping label: false rows of {source}")
     if len(kept) < len(dataset):
         logger.warning(
-            "%s: excluded %d of %d rows with label: false (KTO-style bad answers, never trained as good ones); "
-            "%d rows left",
-            source,
-            len(dataset) - len(kept),
-            len(dataset),
-            len(kept),
+            f"{source}: excluded {len(dataset) - len(kept)} of {len(dataset)} rows with label: false (KTO-style bad "
+            f"answers, never trained as good ones); {len(kept)} rows left"
         )
     return kept
 

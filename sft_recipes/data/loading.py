@@ -28,11 +28,9 @@ MAX_REPORTED_PROBLEMS = 20
 def load_training_data(
     script_args, mixture, training_args, counts: list[dict[str, Any]] | None = None
 ) -> tuple[Dataset | IterableDataset, Any]:
-    """Load, check and convert the training data; returns (train, eval), eval None when eval_strategy is "no".
-
-    Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
-    `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
-    """
+    """Load, check and convert the training data: (train, eval), eval None when eval_strategy is "no", else the
+    `dataset_test_split` split or a seeded `test_split_size` split of train. `counts`, when given, receives each
+    source's rows after conversion (before that split; None when streamed)."""
     problems: list[Problem] = []  # collected so that every source is reported at once
     prepare = functools.partial(
         _prepare,
@@ -256,7 +254,7 @@ def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Pro
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
             head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, base_dir=base_dir, **kwargs)
-            if any(p.severity == "error" for p in head):
+            if head:
                 raise RecipeError(head)
         return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **kwargs)
     except RecipeError as e:
@@ -275,7 +273,7 @@ def _harmonize(parts: list, sources: list[str], num_proc: int | None) -> list:
                 "Mixing `messages` with conversational prompt-completion data: the prompt-completion sources are "
                 "turned into `messages`, so their loss covers the whole conversation unless assistant_only_loss=True."
             )
-            chat_pc = [k == "prompt_completion_chat" for k in kinds]
+            chat_pc = [kind == "prompt_completion_chat" for kind in kinds]
             parts = [_as_messages(ds, num_proc) if pc else ds for ds, pc in zip(parts, chat_pc, strict=True)]
         else:
             listing = ", ".join(f"{s} ({k})" for s, k in zip(sources, kinds, strict=True))
@@ -327,16 +325,14 @@ def _split_eval(train, size: float | None, seed: int, script_args) -> tuple[Any,
 
 
 def _as_messages(ds, num_proc: int | None):
-    from datasets import Dataset
+    from datasets import Dataset, Features
 
-    rest = [c for c in columns_of(ds) if c not in ("prompt", "completion")]
-    features = ds.features.copy()
-    features = type(features)({"messages": features["prompt"], **{c: features[c] for c in rest}})
+    rest = {c: ds.features[c] for c in columns_of(ds) if c not in ("prompt", "completion")}
+    features = Features({"messages": ds.features["prompt"], **rest})
+    removed = ["prompt", "completion"]
     if isinstance(ds, Dataset):
-        return ds.map(
-            _join_prompt_completion, remove_columns=["prompt", "completion"], features=features, num_proc=num_proc
-        )
-    return ds.map(_join_prompt_completion, remove_columns=["prompt", "completion"]).cast(features)
+        return ds.map(_join_prompt_completion, remove_columns=removed, features=features, num_proc=num_proc)
+    return ds.map(_join_prompt_completion, remove_columns=removed).cast(features)
 
 
 def _join_prompt_completion(row: dict) -> dict:
@@ -378,13 +374,8 @@ def _json_problem(path, e: json.JSONDecodeError, lineno: int) -> Problem:
 
 
 def _raise_errors(problems: list[Problem]) -> None:
-    errors = [p for p in problems if p.severity == "error"]
-    for p in problems:
-        if p.severity != "error":
-            logger.warning("%s", p)
-    if not errors:
-        return
-    if len(errors) > MAX_REPORTED_PROBLEMS:
-        hidden = len(errors) - MAX_REPORTED_PROBLEMS
-        errors = errors[:MAX_REPORTED_PROBLEMS] + [Problem("data", f"... and {hidden} more problems like these")]
-    raise RecipeError(errors)
+    if len(problems) > MAX_REPORTED_PROBLEMS:
+        hidden = len(problems) - MAX_REPORTED_PROBLEMS
+        problems = problems[:MAX_REPORTED_PROBLEMS] + [Problem("data", f"... and {hidden} more problems like these")]
+    if problems:
+        raise RecipeError(problems)

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import Problem, RecipeError, error
 
 MANIFEST = "prepared.json"  # written last: a folder without it is not (yet) a prepared set
 # ScriptArguments fields that never change a row; every other one (today's and tomorrow's data keys) is fingerprinted.
@@ -33,10 +33,9 @@ HASH_CHUNK = 1 << 20
 
 
 def fingerprint(recipe: Any, tokenizer: Any, hash_files: bool = True) -> dict[str, Any]:
-    """Everything that shaped the prepared rows, flat (one key per fact), JSON-ready. `tokenizer` is the recipe's, as
-    loaded: what SFTTrainer then does to it (eos_token, pad_token, chat_template_path, the generation-marked copy of
-    the template for assistant_only_loss) follows from keys fingerprinted here and TRL's version. Without hash_files
-    the data files are described by size and mtime alone: a check hashes one only when its mtime moved."""
+    """Everything that shaped the prepared rows, flat and JSON-ready. `tokenizer` is the recipe's as loaded: what
+    SFTTrainer does to it follows from keys here and TRL's version. Without hash_files the data files are described
+    by size and mtime alone: a check hashes one only when its mtime moved."""
     import trl
 
     from sft_recipes.data.loading import wants_eval
@@ -104,9 +103,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[st
     changed = [(key, saved.get(key), current.get(key)) for key in sorted((set(saved) | set(current)) - {"data_files"})]
     changed = [entry for entry in changed if entry[1] != entry[2]]
     old, new = saved.get("data_files", {}), current.get("data_files", {})
-    for path in sorted(set(old) | set(new)):
-        if path not in new:
-            continue  # deleted since: nothing to compare it with
+    for path in sorted(new):  # a file deleted since has nothing to compare with
         if path not in old:
             changed.append((f"data_files[{path}]", "absent", f"{new[path]['size']} bytes"))
         elif not _same_file(old[path], new[path], path):
@@ -115,11 +112,8 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[st
 
 
 def _same_file(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
-    if old["size"] != new["size"]:
-        return False
-    return (
-        old["mtime_ns"] == new["mtime_ns"] or old["sha256"] == new.get("sha256") or old["sha256"] == _file_digest(path)
-    )
+    same_stat = old["mtime_ns"] == new["mtime_ns"] or old["sha256"] == new.get("sha256")
+    return old["size"] == new["size"] and (same_stat or old["sha256"] == _file_digest(path))
 
 
 def check_matches(
@@ -158,12 +152,10 @@ def save_prepared(directory: str | Path, datasets: dict[str, Any], manifest: dic
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise RecipeError(
-            Problem(
-                "prepared",
-                f"{directory} is not a prepared set (no {MANIFEST})",
-                "point `prepared` at the --out folder of `sft-recipes preprocess --config RECIPE --out DIR`",
-            )
+        raise error(
+            "prepared",
+            f"{directory} is not a prepared set (no {MANIFEST})",
+            "point `prepared` at the --out folder of `sft-recipes preprocess --config RECIPE --out DIR`",
         )
     return dict(json.loads(path.read_text()))
 

@@ -18,7 +18,7 @@ SHAREGPT_ROLES = {
 
 
 def row_issues(row: dict, fmt: str, text_field: str, base_dir: str | None, conversational: bool) -> list[str]:
-    """What is wrong with one row in `fmt` (the rules are in formats.check_rows); empty when nothing is."""
+    """What is wrong with one row in `fmt`; empty when nothing is."""
     view = convert_row(row, fmt, text_field, [], None) if fmt in ("sharegpt", "alpaca") else row
     if fmt == "text":
         issues = _check_text(view[text_field], text_field)
