@@ -82,17 +82,10 @@ def to_trl_format(
     extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
     plain = _plain_chat(dataset, fmt) and "images" not in extras  # `<image>` markers become typed content
     features = _features(_row_format(fmt), conversational, plain, text_field, extras)
-    fn_kwargs = {
-        "fmt": fmt,
-        "text_field": text_field,
-        "extras": extras,
-        "base_dir": base_dir or source_dir(source),
-        "conversational": conversational,
-        "source": source,
-        # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without this, a
-        # conversion cached by an older sft-recipes would be read back after those checks changed.
-        "code": conversion_code(),
-    }
+    fn_kwargs = {"fmt": fmt, "text_field": text_field, "extras": extras, "base_dir": base_dir or source_dir(source)}
+    # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without `code`, a
+    # conversion cached by an older sft-recipes would be read back after those checks changed.
+    fn_kwargs |= {"conversational": conversational, "source": source, "code": conversion_code()}
     map_kwargs = {"with_indices": True, "batched": True, "fn_kwargs": fn_kwargs, "remove_columns": columns}
     if not isinstance(dataset, Dataset):
         # IterableDataset.map ignores `features` for encoding; casting afterwards encodes (and decodes images)
@@ -157,16 +150,13 @@ def without_rejected_labels(dataset, columns: list[str], source: str):
     """`dataset` without its `label: false` rows when `label` holds booleans; the count is logged."""
     from datasets import Dataset, Value
 
-    if LABEL not in columns:
-        return dataset
     feature = (dataset.features or {}).get(LABEL)
-    if not isinstance(dataset, Dataset):
-        if feature is not None and feature != Value("bool"):
-            return dataset
+    stream = not isinstance(dataset, Dataset)
+    if LABEL not in columns or feature != Value("bool") and not (stream and feature is None):
+        return dataset
+    if stream:
         logger.warning("%s: rows with label: false (bad answers, KTO-style) are skipped as the stream is read", source)
         return dataset.filter(lambda row: row.get(LABEL) is not False)
-    if feature != Value("bool"):
-        return dataset
     kept = dataset.filter(_good, input_columns=[LABEL], batched=True, desc=f"Dropping label: false rows of {source}")
     if len(kept) < len(dataset):
         logger.warning(

@@ -32,14 +32,10 @@ def load_training_data(
     `dataset_test_split` split or a seeded `test_split_size` split of train. `counts`, when given, receives each
     source's rows after conversion (before that split; None when streamed)."""
     problems: list[Problem] = []  # collected so that every source is reported at once
-    prepare = functools.partial(
-        _prepare,
-        problems=problems,
-        fmt=getattr(script_args, "dataset_format", "auto") or "auto",
-        text_field=training_args.dataset_text_field,
-        num_proc=training_args.dataset_num_proc,
-        preference_column=getattr(script_args, "preference_column", None),
-    )
+    fmt, num_proc = getattr(script_args, "dataset_format", "auto") or "auto", training_args.dataset_num_proc
+    preference_column = getattr(script_args, "preference_column", None)
+    kwargs = {"text_field": training_args.dataset_text_field, "preference_column": preference_column}
+    prepare = functools.partial(_prepare, problems=problems, fmt=fmt, num_proc=num_proc, **kwargs)
     want_eval = wants_eval(training_args)
     eval_ds = None
     source = script_args.dataset_name
@@ -51,7 +47,7 @@ def load_training_data(
                 "(%s) is ignored, as in TRL.",
                 source,
             )
-        train = _load_mixture(mixture, prepare, problems, training_args.dataset_num_proc, counts)
+        train = _load_mixture(mixture, prepare, problems, num_proc, counts)
     elif source:
         from trl.scripts.utils import DatasetConfig
 
@@ -132,7 +128,10 @@ def local_data_files(cfg) -> list[str]:
     path = os.path.expanduser(cfg.path)
     found: list[str] = []
     if os.path.isdir(path):
-        found = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
+        found = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
+        found = [
+            f for f in found if os.path.isfile(f) and Path(f).suffix in BUILDERS and not Path(f).name.startswith(".")
+        ]
     elif os.path.isfile(path):
         found = [path]
     if cfg.data_files is not None and not found:  # generic builder ("json") with local data_files
@@ -143,27 +142,22 @@ def local_data_files(cfg) -> list[str]:
 HEAD_BYTES = 1 << 20  # enough of a .json file to decode the first element of its array
 
 
-def _array_of_non_objects(path: str) -> list[Problem]:
+def _array_of_non_objects(path: str) -> Problem | None:
     """A .json file holding an array whose first element is not an object (a row): named by file, from its head."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         head = handle.read(HEAD_BYTES).lstrip()
     if not head.startswith("["):
-        return []
+        return None
     try:
         first, _ = json.JSONDecoder().raw_decode(head[1:].lstrip())
     except json.JSONDecodeError:  # an empty array, or a first element longer than the head: the loader decides
-        return []
+        return None
     if isinstance(first, dict):
-        return []
+        return None
     shown = " ".join(head.split())
     shown = shown if len(shown) <= 40 else shown[:40] + "..."
-    return [
-        Problem(
-            path,
-            f"a JSON array of {type(first).__name__} ({shown}): each row must be a JSON object",
-            'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines',
-        )
-    ]
+    fix = 'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines'
+    return Problem(path, f"a JSON array of {type(first).__name__} ({shown}): each row must be a JSON object", fix)
 
 
 def _label(cfg) -> str:
@@ -183,12 +177,12 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
     if os.path.isdir(path):
         if not local_files and cfg.data_files is None:
             raise error(where, f"no data files ({', '.join(BUILDERS)}) in directory {cfg.path}")
-    elif os.path.isfile(path) or _looks_like_file(cfg.path):
+    elif os.path.isfile(path) or Path(path).suffix in BUILDERS or cfg.path.startswith(("./", "../", "/", "~")):
         if not os.path.isfile(path):
             raise RecipeError(check_file(path))
         kwargs["data_files"] = path
         path = BUILDERS.get(Path(path).suffix, "json")
-    not_objects = [p for f in local_files if f.endswith(".json") for p in _array_of_non_objects(f)]
+    not_objects = [p for f in local_files if f.endswith(".json") and (p := _array_of_non_objects(f))]
     if not_objects:  # datasets would load [1, 2] as a `text` column of numbers and blame each row
         raise RecipeError(not_objects)
     try:
@@ -350,15 +344,6 @@ def _kind(ds) -> str:
 
         return "prompt_completion" if isinstance(ds.features["prompt"], Value) else "prompt_completion_chat"
     return "messages" if "messages" in columns else "text"
-
-
-def _is_data(path: str) -> bool:
-    name = os.path.basename(path)
-    return os.path.isfile(path) and not name.startswith(".") and Path(path).suffix in BUILDERS
-
-
-def _looks_like_file(path: str) -> bool:
-    return Path(path).suffix in BUILDERS or path.startswith(("./", "../", "/", "~"))
 
 
 def _files(data_files: Any) -> list[str]:

@@ -120,20 +120,15 @@ def check_matches(
     directory: str | Path, saved: dict[str, Any], current: dict[str, Any], recipe_path: str | None
 ) -> None:
     """Refuse a prepared set made under other settings, naming each fact that changed."""
-    changed = differences(saved, current)
-    if not changed:
-        return
     again = f"sft-recipes preprocess --config {recipe_path or 'RECIPE'} --out {directory} --overwrite"
-    raise RecipeError(
-        [
-            Problem(
-                f"{Path(directory) / MANIFEST} ({key})",
-                f"prepared with {_short(old)}, the recipe now gives {_short(new)}",
-                f"prepare it again (`{again}`), or train from the raw data without `prepared`",
-            )
-            for key, old, new in changed
-        ]
-    )
+    fix = f"prepare it again (`{again}`), or train from the raw data without `prepared`"
+    where = Path(directory) / MANIFEST
+    problems = [
+        Problem(f"{where} ({key})", f"prepared with {_short(old)}, the recipe now gives {_short(new)}", fix)
+        for key, old, new in differences(saved, current)
+    ]
+    if problems:
+        raise RecipeError(problems)
 
 
 def save_prepared(directory: str | Path, datasets: dict[str, Any], manifest: dict[str, Any]) -> Path:
