@@ -31,8 +31,6 @@ LORA = "sft_recipes/model/lora.py"
 QUANT = "sft_recipes/model/quantization.py"
 MERGE = "sft_recipes/merge.py"
 ROWS = "sft_recipes/data/rows.py"
-IMAGES = "sft_recipes/data/images.py"
-TOOL_CALLS = "sft_recipes/data/tool_calls.py"
 FORMATS = "sft_recipes/data/formats.py"
 FIDELITY = "sft_recipes/template_fidelity.py"
 RUN_DIR = "sft_recipes/run_dir.py"
@@ -155,17 +153,17 @@ MUTANTS: tuple[Mutant, ...] = (
         'user = instruction',
         ('test_data.py',), 'alpaca',
         "Alpaca's input column is dropped from the prompt"),
-    Mutant('rows-image-path-not-resolved', IMAGES,
+    Mutant('rows-image-path-not-resolved', ROWS,
         '(c for c in (os.path.join(base_dir, path) if base_dir else None, path) if c and os.path.exists(c)), None',
         '(c for c in (path,) if c and os.path.exists(c)), None',
         ('test_data.py',), 'vision_rows',
         'relative image paths resolved against the working directory instead of the data file'),
     Mutant('rows-function-call-as-text', ROWS,
-        'calls = tool_calls.parse_function_call(turn.get("value")) if is_call else None',
+        'calls = parse_function_call(turn.get("value")) if is_call else None',
         'calls = None',
         ('test_data_tool_calls.py',), 'glaive',
         'ShareGPT function_call turns trained as plain assistant text'),
-    Mutant('rows-tools-string-not-parsed', TOOL_CALLS,
+    Mutant('rows-tools-string-not-parsed', ROWS,
         '            tools = json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
         '            json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
         ('test_data_tool_calls.py',), 'glaive',

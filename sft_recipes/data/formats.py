@@ -9,8 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.data.rows import chosen_as_prompt_completion, convert_row, is_conversational, row_issues
-from sft_recipes.data.tool_calls import FUNCTION_CALL_ROLES
+from sft_recipes.data.rows import FUNCTION_CALL_ROLES, chosen_as_prompt_completion, convert_row, row_issues
 from sft_recipes.errors import Problem, RecipeError, error
 
 if TYPE_CHECKING:
@@ -183,6 +182,13 @@ def _checked_format(columns: list[str], fmt: str, text_field: str, source: str) 
             fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP,
         )
     return fmt
+
+
+def is_conversational(row: dict, fmt: str) -> bool:
+    """Whether rows of `fmt` are message lists; prompt-completion rows may be either, as the first row says."""
+    if fmt == "prompt_completion":
+        return isinstance(row["prompt"], list)
+    return fmt != "text"
 
 
 def _row_format(fmt: str) -> str:
