@@ -77,7 +77,7 @@ def to_trl_format(
         if preference_column not in PREFERENCE_CHOICES:
             raise RecipeError(refusal(columns, first, source))
         first = chosen_as_prompt_completion(first)
-    conversational = is_conversational(first, _row_format(fmt))
+    conversational = is_conversational(first, fmt)
     extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
     plain = _plain_chat(dataset, fmt) and "images" not in extras  # `<image>` markers become typed content
     features = _features(_row_format(fmt), conversational, plain, text_field, extras)
@@ -125,7 +125,7 @@ def check_rows(
         if row.get(LABEL) is False:
             continue  # excluded from training, see without_rejected_labels
         row = chosen_as_prompt_completion(row) if fmt == "preference" else row
-        conversational = is_conversational(row, _row_format(fmt)) if conversational is None else conversational
+        conversational = is_conversational(row, fmt) if conversational is None else conversational
         issues = row_issues(row, _row_format(fmt), text_field, base_dir, conversational)
         problems += [Problem(f"{source}[row {index}]", issue) for issue in issues]
     return problems if conversational is not None else [*problems, _empty(columns, source)]
@@ -176,19 +176,14 @@ def _checked_format(columns: list[str], fmt: str, text_field: str, source: str) 
         raise error("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")
     absent = [c for c in REQUIRED_COLUMNS.get(fmt, (text_field,)) if c not in columns]
     if absent:
-        raise error(
-            source,
-            f"format {fmt!r} needs column {quoted(absent)}; columns found: {quoted(columns)}",
-            fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP,
-        )
+        message = f"format {fmt!r} needs column {quoted(absent)}; columns found: {quoted(columns)}"
+        raise error(source, message, fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP)
     return fmt
 
 
 def is_conversational(row: dict, fmt: str) -> bool:
-    """Whether rows of `fmt` are message lists; prompt-completion rows may be either, as the first row says."""
-    if fmt == "prompt_completion":
-        return isinstance(row["prompt"], list)
-    return fmt != "text"
+    """Whether rows are message lists: prompt-completion rows (preference ones once converted) may be either."""
+    return isinstance(row["prompt"], list) if fmt in ("prompt_completion", "preference") else fmt != "text"
 
 
 def _row_format(fmt: str) -> str:

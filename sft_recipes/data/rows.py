@@ -169,10 +169,7 @@ def parse_function_call(value: Any) -> list[dict] | None:
     """A ShareGPT function_call value ('{"name": ..., "arguments": ...}', or a JSON list of them for parallel calls)
     as tool_calls; None when it is not one."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return None
+        value = _loads(value)  # None when it is not JSON: no call
     calls = value if isinstance(value, list) else [value]
     if not calls or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
         return None
@@ -185,10 +182,9 @@ def tool_call(call: dict) -> dict:
     Datasets in Llama's own output format name them `parameters`."""
     function = call["function"] if isinstance(call.get("function"), dict) else call
     arguments = function["arguments"] if "arguments" in function else function.get("parameters", {})
-    out: dict[str, Any] = {
-        "type": "function",
-        "function": {"name": function.get("name"), "arguments": _arguments(arguments)},
-    }
+    if isinstance(arguments, str) and isinstance(parsed := _loads(arguments), dict):
+        arguments = parsed
+    out: dict[str, Any] = {"type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
     if call.get("id") is not None:  # Mistral's template pairs calls and results by id
         out["id"] = call["id"]
     return out
@@ -198,12 +194,7 @@ def parse_tools(tools: Any) -> Any:
     """The `tools` column as a list of {"type": "function", "function": {name, description, parameters}}: a JSON string
     parsed (glaive keeps them so), bare {name, parameters} schemas wrapped; None for no tools."""
     if isinstance(tools, str):
-        if not tools.strip():
-            return None
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError:
-            return tools  # check_rows reports it
+        tools = _loads(tools, default=tools) if tools.strip() else None  # check_rows reports bad JSON
     if not isinstance(tools, list):
         return tools or None
     wrapped = [{"type": "function", "function": t} if isinstance(t, dict) and "name" in t else t for t in tools]
@@ -238,14 +229,12 @@ def function_call_issues(conversations: Any) -> list[str]:
     ]
 
 
-def _arguments(arguments: Any) -> Any:
-    if isinstance(arguments, str):
-        try:
-            parsed = json.loads(arguments)
-        except json.JSONDecodeError:
-            return arguments
-        return parsed if isinstance(parsed, dict) else arguments
-    return arguments
+def _loads(text: str, default: Any = None) -> Any:
+    """`text` as JSON; `default` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return default
 
 
 def typed_placeholders(messages: Any) -> Any:
