@@ -210,10 +210,8 @@ def _load_mixture(mixture, prepare, problems: list[Problem], num_proc: int | Non
             found = columns_of(ds)
             absent = [c for c in cfg.columns if c not in found]
             if absent:
-                raise error(
-                    f"datasets[{i}].columns",
-                    f"{cfg.path} has no column {quoted(absent)}; columns found: {quoted(found)}",
-                )
+                message = f"{cfg.path} has no column {quoted(absent)}; columns found: {quoted(found)}"
+                raise error(f"datasets[{i}].columns", message)
             ds = ds.select_columns(cfg.columns)
         raw.append(ds)
 

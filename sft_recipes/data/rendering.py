@@ -11,11 +11,11 @@ TOOL_ROWS_RENDERED = 16  # rows with tool use rendered: a template's support doe
 
 _TEXT_COLUMNS = ("messages", "prompt", "completion", "tools", "chat_template_kwargs")
 _EMPTY_TURN = "that turn would train as an empty assistant turn"
-_FIX = (
+_TOOL_FIX = (
     "use the model's own tool-calling chat template (chat_template_path), e.g. Qwen2.5's or Llama-3.1's; or drop "
     "the tools and tool calls from the data"
 )
-_BATCH_FIX = "fix or drop that row: train stops at the first batch that holds it"
+_FIX = "fix or drop that row: train stops at the first batch that holds it"
 
 
 def unrendered_tool_use(dataset, processing_class: Any, source: str) -> list[Problem]:
@@ -31,7 +31,7 @@ def unrendered_tool_use(dataset, processing_class: Any, source: str) -> list[Pro
         if not messages or not (row.get("tools") or any(_calls(m) or _is_tool(m) for m in messages)):
             continue
         for kind, message in _row_problems(row, messages, processing_class):
-            problems.setdefault(kind, Problem(f"{source}[row {index}]", message, _FIX))
+            problems.setdefault(kind, Problem(f"{source}[row {index}]", message, _TOOL_FIX))
         rendered += 1
         if rendered == TOOL_ROWS_RENDERED:
             break
@@ -94,9 +94,7 @@ def first_batch_problems(dataset, collate: Any, source: str, rows: int) -> list[
         try:
             collate([dict(row) for row in dataset.take(rows)])
         except Exception as err:  # noqa: BLE001 - datasets, PIL and processors raise many types
-            return [
-                Problem(f"{source}[rows 0-{rows - 1}]", f"the first batch cannot be built: {_say(err)}", _BATCH_FIX)
-            ]
+            return [Problem(f"{source}[rows 0-{rows - 1}]", f"the first batch cannot be built: {_say(err)}", _FIX)]
         return []
     count = min(rows, len(dataset))
     try:
@@ -108,13 +106,9 @@ def first_batch_problems(dataset, collate: Any, source: str, rows: int) -> list[
             try:
                 collate([dataset[index]])
             except Exception as err:  # noqa: BLE001
-                failed.append(
-                    Problem(f"{source}[row {index}]", f"the first batch cannot be built: {_say(err)}", _BATCH_FIX)
-                )
+                failed.append(Problem(f"{source}[row {index}]", f"the first batch cannot be built: {_say(err)}", _FIX))
         where = f"{source}[rows 0-{count - 1}]"
-        return failed or [
-            Problem(where, f"these rows cannot be built into one batch: {_say(batch_error)}", _BATCH_FIX)
-        ]
+        return failed or [Problem(where, f"these rows cannot be built into one batch: {_say(batch_error)}", _FIX)]
 
 
 def _say(err: Exception) -> str:

@@ -55,9 +55,7 @@ def convert_row(row: dict, fmt: str, text_field: str, extras: list[str], base_di
     if "images" in extras:
         images = row["images"] if "images" in row else [row.get("image")]
         out["images"] = [resolve_image(img, base_dir) for img in images or [] if img is not None]
-        for column in ("messages", "prompt", "completion"):
-            if column in out:
-                out[column] = typed_placeholders(out[column])
+        out |= {c: typed_placeholders(out[c]) for c in ("messages", "prompt", "completion") if c in out}
     if "chat_template_kwargs" in extras:
         out["chat_template_kwargs"] = row.get("chat_template_kwargs") or {}
     return out
