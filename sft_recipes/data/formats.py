@@ -81,10 +81,10 @@ def to_trl_format(
     extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
     plain = _plain_chat(dataset, fmt) and "images" not in extras  # `<image>` markers become typed content
     features = _features(_row_format(fmt), conversational, plain, text_field, extras)
-    fn_kwargs = {"fmt": fmt, "text_field": text_field, "extras": extras, "base_dir": base_dir or source_dir(source)}
+    fn_kwargs = {"fmt": fmt, "text_field": text_field, "extras": extras, "conversational": conversational}
     # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without `code`, a
     # conversion cached by an older sft-recipes would be read back after those checks changed.
-    fn_kwargs |= {"conversational": conversational, "source": source, "code": conversion_code()}
+    fn_kwargs |= {"base_dir": base_dir or source_dir(source), "source": source, "code": conversion_code()}
     map_kwargs = {"with_indices": True, "batched": True, "fn_kwargs": fn_kwargs, "remove_columns": columns}
     if not isinstance(dataset, Dataset):
         # IterableDataset.map ignores `features` for encoding; casting afterwards encodes (and decodes images)

@@ -34,8 +34,8 @@ def load_training_data(
     problems: list[Problem] = []  # collected so that every source is reported at once
     fmt, num_proc = getattr(script_args, "dataset_format", "auto") or "auto", training_args.dataset_num_proc
     preference_column = getattr(script_args, "preference_column", None)
-    kwargs = {"text_field": training_args.dataset_text_field, "preference_column": preference_column}
-    prepare = functools.partial(_prepare, problems=problems, fmt=fmt, num_proc=num_proc, **kwargs)
+    options = {"text_field": training_args.dataset_text_field, "preference_column": preference_column}
+    prepare = functools.partial(_prepare, problems=problems, fmt=fmt, num_proc=num_proc, options=options)
     want_eval = wants_eval(training_args)
     eval_ds = None
     source = script_args.dataset_name
@@ -239,16 +239,16 @@ def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
     return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
 
 
-def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Problem], fmt, num_proc, **kwargs) -> Any:
-    """Check and convert one split, its problems added to `problems`; `kwargs` are to_trl_format's."""
+def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Problem], fmt, num_proc, options) -> Any:
+    """Check and convert one split, its problems added to `problems`; `options` are to_trl_format's."""
     from datasets import Dataset
 
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, base_dir=base_dir, **kwargs)
+            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, base_dir=base_dir, **options)
             if head:
                 raise RecipeError(head)
-        return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **kwargs)
+        return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **options)
     except RecipeError as e:
         problems += e.problems
         return ds
