@@ -136,10 +136,9 @@ def prepared_by_trl(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
     processing_class = load_processing_class(model_args, training_args, kind)
     model = build_meta_model(model_args, training_args, kind)
     source = recipe.script.dataset_name or "datasets"
-    with outside_launch():
-        trainer, warnings = meta_trainer(
-            model, processing_class, train, inspection_args(training_args, scratch), source, eval_dataset=eval_
-        )
+    with outside_launch():  # the TrainingArguments too: they reset accelerate's process-wide state
+        args = inspection_args(training_args, scratch)
+        trainer, warnings = meta_trainer(model, processing_class, train, args, source, eval_dataset=eval_)
     for warning in warnings:
         logger.warning("%s", warning)
     return trainer

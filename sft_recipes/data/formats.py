@@ -100,7 +100,6 @@ def check_rows(
     dataset,
     fmt: str,
     source: str,
-    limit: int | None = None,
     text_field: str = "text",
     base_dir: str | None = None,
     preference_column: str | None = None,
@@ -113,8 +112,6 @@ def check_rows(
         fmt = _checked_format(columns, fmt, text_field, source)
     except RecipeError as e:
         return e.problems
-    if limit is not None:
-        dataset = dataset.take(limit)
     if fmt == "preference" and preference_column not in PREFERENCE_CHOICES:
         return [refusal(columns, first_row(dataset), source)]
     dataset = _undecoded_images(dataset)
@@ -289,10 +286,7 @@ def _undecoded_images(ds):
 
 def columns_of(ds) -> list[str]:
     """The column names of a dataset, or of a stream's first row when the stream does not know them."""
-    if ds.column_names is not None:
-        return list(ds.column_names)
-    row = first_row(ds)
-    return list(row) if row is not None else []
+    return list(ds.column_names) if ds.column_names is not None else list(first_row(ds) or [])
 
 
 def first_row(ds) -> dict | None:

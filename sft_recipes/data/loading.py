@@ -245,7 +245,7 @@ def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Pro
 
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, base_dir=base_dir, **options)
+            head = check_rows(ds.take(STREAMING_CHECK_ROWS), fmt, source, base_dir=base_dir, **options)
             if head:
                 raise RecipeError(head)
         return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **options)
