@@ -63,10 +63,9 @@ def load_training_data(
         if want_eval and test_split in splits and test_split != train_split:
             eval_ds = prepare(splits[test_split], f"{source}:{test_split}", source_dir(source))
         _raise_errors(problems)
+        used = ((train_split, train), (test_split, eval_ds))
         if counts is not None:
-            counts += [
-                _count(source, s, ds) for s, ds in ((train_split, train), (test_split, eval_ds)) if ds is not None
-            ]
+            counts += [_count(source, split, ds) for split, ds in used if ds is not None]
     else:
         raise error(
             "dataset_name",
