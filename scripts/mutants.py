@@ -29,9 +29,6 @@ KIND = "sft_recipes/model/kind.py"
 LORA = "sft_recipes/model/lora.py"
 MERGE = "sft_recipes/merge.py"
 ROWS = "sft_recipes/data/rows.py"
-IMAGES = "sft_recipes/data/images.py"
-TOOL_CALLS = "sft_recipes/data/tool_calls.py"
-PREFERENCE = "sft_recipes/data/preference.py"
 FORMATS = "sft_recipes/data/formats.py"
 FIDELITY = "sft_recipes/template_fidelity.py"
 RUN_DIR = "sft_recipes/run_dir.py"
@@ -142,8 +139,8 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_merge.py',), 'quantized and 4bit',
         'a QLoRA adapter merged without dequantizing the base that training computed with'),
     Mutant('rows-gpt-is-user', ROWS,
-        '"gpt": "assistant",',
-        '"gpt": "user",',
+        '**dict.fromkeys(("human", "user"), "user"),\n    **dict.fromkeys(("gpt", ',
+        '**dict.fromkeys(("human", "user", "gpt"), "user"),\n    **dict.fromkeys((',
         ('test_data.py',), 'sharegpt',
         'ShareGPT gpt turns become user turns'),
     Mutant('rows-system-column-dropped', ROWS,
@@ -156,22 +153,22 @@ MUTANTS: tuple[Mutant, ...] = (
         'user = instruction',
         ('test_data.py',), 'alpaca',
         "Alpaca's input column is dropped from the prompt"),
-    Mutant('rows-image-path-not-resolved', IMAGES,
+    Mutant('rows-image-path-not-resolved', ROWS,
         '(c for c in (os.path.join(base_dir, path) if base_dir else None, path) if c and os.path.exists(c)), None',
         '(c for c in (path,) if c and os.path.exists(c)), None',
         ('test_data.py',), 'vision_rows',
         'relative image paths resolved against the working directory instead of the data file'),
     Mutant('rows-function-call-as-text', ROWS,
-        'calls = parse_function_call(turn.get("value")) if _is_function_call(role) else None',
+        'calls = parse_function_call(turn.get("value")) if is_call else None',
         'calls = None',
         ('test_data_tool_calls.py',), 'glaive',
         'ShareGPT function_call turns trained as plain assistant text'),
-    Mutant('rows-tools-string-not-parsed', TOOL_CALLS,
-        '            tools = json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
-        '            json.loads(tools)\n        except json.JSONDecodeError:\n            return tools',
+    Mutant('rows-tools-string-not-parsed', ROWS,
+        'tools = _loads(tools, default=tools) if tools.strip() else None',
+        'tools = tools if tools.strip() else None',
         ('test_data_tool_calls.py',), 'glaive',
         'a JSON-string tools column passed on as a string'),
-    Mutant('rows-label-false-trained', PREFERENCE,
+    Mutant('rows-label-false-trained', FORMATS,
         'return [label is not False for label in labels]',
         'return [True for label in labels]',
         ('test_data_preference.py',), 'label',
@@ -187,14 +184,8 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_data.py',), 'bad_rows',
         'a whitespace-only assistant turn is trained'),
     Mutant('formats-messages-before-prompt-completion', FORMATS,
-        'if {"prompt", "completion"} <= cols:\n'
-        '        return "prompt_completion"\n'
-        '    if "messages" in cols:',
-        'if "messages" in cols:\n'
-        '        return "messages"\n'
-        '    if {"prompt", "completion"} <= cols:\n'
-        '        return "prompt_completion"\n'
-        '    if "messages" in cols:',
+        '    "prompt_completion": ("prompt", "completion"),\n    "messages": ("messages",),\n',
+        '    "messages": ("messages",),\n    "prompt_completion": ("prompt", "completion"),\n',
         ('test_data.py',), 'precedence',
         "messages detected before prompt-completion (TRL's precedence reversed)"),
     # templates

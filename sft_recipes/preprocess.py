@@ -2,10 +2,6 @@
 
 Usage: sft-recipes preprocess --config recipes/<model>/<method>.yaml --out DIR [--overwrite]
        sft-recipes train --config recipes/<model>/<method>.yaml --prepared DIR
-
-The rows go through TRL's own SFTTrainer preparation on a meta-device model (no weights), are saved with
-datasets.save_to_disk, and carry the fingerprint of what shaped them. `train --prepared DIR` memory-maps them on every
-rank, reads no raw data and tokenizes nothing, and refuses them when the recipe no longer gives the same fingerprint.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.arguments import command_parser, parse_with_recipe
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 
 logger = logging.getLogger("sft_recipes")
 
@@ -75,42 +71,38 @@ def prepare(recipe: Any, out: str, overwrite: bool = False) -> dict[str, Any]:
 def check_preparable(recipe: Any, out: Path, overwrite: bool) -> None:
     """Refuse what has nothing to prepare up front (streams, images) and an --out that holds something else."""
     from sft_recipes.data.prepared import MANIFEST
-    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, load_config_dict
+    from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
 
     if recipe.script.prepared:
-        raise RecipeError(Problem("prepared", "the recipe already trains on a prepared set", "drop `prepared`"))
+        raise error("prepared", "the recipe already trains on a prepared set", "drop `prepared`")
     if recipe.script.dataset_streaming or recipe.mixture.streaming:
-        raise RecipeError(
-            Problem("dataset_streaming", "a stream has no end to prepare and save", "set it to false to preprocess")
-        )
-    model_args = recipe.model
-    config = load_config_dict(model_args, recipe.training.trust_remote_code)
-    if detect_model_kind(config, model_args.model_kind) == IMAGE_TEXT_TO_TEXT:
-        raise RecipeError(
-            Problem(
-                "model_name_or_path",
-                "vision-language rows are processed at collation (images), so TRL prepares nothing up front",
-                "train this recipe from its raw data",
-            )
+        raise error("dataset_streaming", "a stream has no end to prepare and save", "set it to false to preprocess")
+    if _model_kind(recipe) == IMAGE_TEXT_TO_TEXT:
+        raise error(
+            "model_name_or_path",
+            "vision-language rows are processed at collation (images), so TRL prepares nothing up front",
+            "train this recipe from its raw data",
         )
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise RecipeError(
-                Problem(str(out), "exists, is not empty and is not a prepared set", "choose another --out")
-            )
+            raise error(str(out), "exists, is not empty and is not a prepared set", "choose another --out")
         if not overwrite:
-            raise RecipeError(Problem(str(out), "already holds a prepared set", "pass --overwrite to replace it"))
+            raise error(str(out), "already holds a prepared set", "pass --overwrite to replace it")
 
 
 def loaded_tokenizer(recipe: Any) -> Any:
     """The recipe's tokenizer as train loads it, before SFTTrainer touches it."""
-    from sft_recipes.model.kind import detect_model_kind, load_config_dict
     from sft_recipes.model.loading import load_processing_class
 
-    model_args, training_args = recipe.model, recipe.training
-    kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
-    processing_class = load_processing_class(model_args, training_args, kind)
+    processing_class = load_processing_class(recipe.model, recipe.training, _model_kind(recipe))
     return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _model_kind(recipe: Any) -> str:
+    from sft_recipes.model.kind import detect_model_kind, load_config_dict
+
+    config = load_config_dict(recipe.model, recipe.training.trust_remote_code)
+    return detect_model_kind(config, recipe.model.model_kind)
 
 
 def prepared_datasets(recipe: Any) -> tuple[Any, Any]:
@@ -138,18 +130,15 @@ def prepared_by_trl(recipe: Any, scratch: str, train: Any, eval_: Any) -> Any:
     """trl.SFTTrainer on the meta-device model (inspection's engine) with `train` and `eval_` prepared by TRL itself:
     the preparation, collator and template setup the training run gets."""
     from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch
-    from sft_recipes.model.kind import detect_model_kind, load_config_dict
     from sft_recipes.model.loading import load_processing_class
 
-    model_args, training_args = recipe.model, recipe.training
-    kind = detect_model_kind(load_config_dict(model_args, training_args.trust_remote_code), model_args.model_kind)
+    model_args, training_args, kind = recipe.model, recipe.training, _model_kind(recipe)
     processing_class = load_processing_class(model_args, training_args, kind)
     model = build_meta_model(model_args, training_args, kind)
     source = recipe.script.dataset_name or "datasets"
-    with outside_launch():
-        trainer, warnings = meta_trainer(
-            model, processing_class, train, inspection_args(training_args, scratch), source, eval_dataset=eval_
-        )
+    with outside_launch():  # the TrainingArguments too: they reset accelerate's process-wide state
+        args = inspection_args(training_args, scratch)
+        trainer, warnings = meta_trainer(model, processing_class, train, args, source, eval_dataset=eval_)
     for warning in warnings:
         logger.warning("%s", warning)
     return trainer

@@ -1,2 +1,1 @@
-"""The data layer: training data from files, hub ids, mixtures or a prepared set, converted row by row for
-SFTTrainer (formats, tool calls, images, preference rows)."""
+"""The data layer: files, hub ids, mixtures or a prepared set, checked and converted row by row for SFTTrainer."""

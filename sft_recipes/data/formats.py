@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sft_recipes.data.preference import (
-    LABEL,
-    PREFERENCE_CHOICES,
-    chosen_as_prompt_completion,
-    is_preference,
-    refusal,
-    without_rejected_labels,
-)
-from sft_recipes.data.rows import FORMATS, convert_row, is_conversational, row_issues
-from sft_recipes.data.tool_calls import FUNCTION_CALL_ROLES
+from sft_recipes.data.rows import FUNCTION_CALL_ROLES, chosen_as_prompt_completion, convert_row, row_issues
 from sft_recipes.errors import Problem, RecipeError, error
 
 if TYPE_CHECKING:
     from datasets import Features
 
+logger = logging.getLogger(__name__)
+
+FORMATS = ("text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference")
+
+# The columns each format needs, in TRL's precedence; the text field (dataset_text_field) comes last. Preference pairs
+# come first: their prompt may sit in a 'prompt', 'messages' or 'conversations' column too.
+REQUIRED_COLUMNS = {
+    "preference": ("chosen", "rejected"),
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+}
+
 EXTRA_COLUMNS = ("tools", "images", "chat_template_kwargs")  # passed through to TRL when present
+
+# A preference row holds a good and a bad answer and SFT trains on one: such data is refused unless the recipe says
+# which (`preference_column: chosen`), then trained as prompt-completion on the chosen answer.
+PREFERENCE_CHOICES = ("chosen",)
+
+LABEL = "label"  # KTO's unpaired layout: a row whose boolean label is false is a bad answer, never trained
 
 _FORMAT_HELP = (
     "the format comes from the columns: 'chosen'+'rejected' (preference), 'prompt'+'completion', 'messages', "
@@ -33,23 +45,10 @@ _FORMAT_HELP = (
 
 
 def detect_format(column_names, text_field: str = "text", source: str = "dataset") -> str:
-    """The data format named by the columns, in TRL's precedence (preference, then prompt-completion, then messages).
-
-    Preference pairs come first: their prompt may sit in a 'prompt', 'messages' or 'conversations' column too.
-    """
-    cols = set(column_names)
-    if is_preference(cols):
-        return "preference"
-    if {"prompt", "completion"} <= cols:
-        return "prompt_completion"
-    if "messages" in cols:
-        return "messages"
-    if "conversations" in cols:
-        return "sharegpt"
-    if {"instruction", "output"} <= cols:
-        return "alpaca"
-    if text_field in cols:
-        return "text"
+    """The data format the columns name: the first of REQUIRED_COLUMNS whose columns are all there, else text."""
+    for fmt, needed in (*REQUIRED_COLUMNS.items(), ("text", (text_field,))):
+        if set(needed) <= set(column_names):
+            return fmt
     raise error(source, f"cannot tell the data format; columns found: {quoted(column_names)}", fix=_FORMAT_HELP)
 
 
@@ -62,44 +61,30 @@ def to_trl_format(
     base_dir: str | None = None,
     preference_column: str | None = None,
 ):
-    """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads.
-
-    Raises RecipeError naming "<source>[row <i>]" for bad rows: checking inside the conversion's map makes it one
-    pass, parallel under `num_proc`, and cached by `datasets` with the result, so a second run repeats neither.
-    A stream is checked as it is read. Relative image paths resolve against `base_dir`, by default the directory
-    of `source` when that is a local path. Preference rows are refused unless `preference_column` is "chosen";
-    rows whose boolean `label` is false are excluded (preference.py).
-    """
+    """Check and convert `dataset` from `fmt` ("auto" or one of FORMATS) to the columns SFTTrainer reads; RecipeError
+    names "<source>[row <i>]" for bad rows. Checking inside the conversion's map makes one pass, parallel under
+    `num_proc`, cached with the result (a stream is checked as it is read). Relative image paths resolve against
+    `base_dir`, by default the directory of a local `source`."""
     from datasets import Dataset
 
     columns = columns_of(dataset)
-    fmt = detect_format(columns, text_field, source) if fmt == "auto" else fmt
-    missing = _missing_columns(fmt, columns, text_field, source)
-    if missing:
-        raise RecipeError(missing)
+    fmt = _checked_format(columns, fmt, text_field, source)
     dataset = _undecoded_images(without_rejected_labels(dataset, columns, source))
     first = first_row(dataset)
     if first is None:
-        raise error(source, _empty(columns), fix="check the path, split, data_files or fraction")
+        raise RecipeError(_empty(columns, source))
     if fmt == "preference":
         if preference_column not in PREFERENCE_CHOICES:
             raise RecipeError(refusal(columns, first, source))
         first = chosen_as_prompt_completion(first)
-    conversational = is_conversational(first, _row_format(fmt))
+    conversational = is_conversational(first, fmt)
     extras = [c for c in EXTRA_COLUMNS if c in columns or (c == "images" and "image" in columns)]
     plain = _plain_chat(dataset, fmt) and "images" not in extras  # `<image>` markers become typed content
     features = _features(_row_format(fmt), conversational, plain, text_field, extras)
-    fn_kwargs = {
-        "fmt": fmt,
-        "text_field": text_field,
-        "extras": extras,
-        "base_dir": base_dir or source_dir(source),
-        "conversational": conversational,
-        "source": source,
-        # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without this, a
-        # conversion cached by an older sft-recipes would be read back after those checks changed.
-        "code": conversion_code(),
-    }
+    fn_kwargs = {"fmt": fmt, "text_field": text_field, "extras": extras, "conversational": conversational}
+    # datasets fingerprints _convert_batch by its own code, not the row checks it calls: without `code`, a
+    # conversion cached by an older sft-recipes would be read back after those checks changed.
+    fn_kwargs |= {"base_dir": base_dir or source_dir(source), "source": source, "code": conversion_code()}
     map_kwargs = {"with_indices": True, "batched": True, "fn_kwargs": fn_kwargs, "remove_columns": columns}
     if not isinstance(dataset, Dataset):
         # IterableDataset.map ignores `features` for encoding; casting afterwards encodes (and decodes images)
@@ -115,33 +100,18 @@ def check_rows(
     dataset,
     fmt: str,
     source: str,
-    limit: int | None = None,
     text_field: str = "text",
     base_dir: str | None = None,
     preference_column: str | None = None,
 ) -> list[Problem]:
     """Problems in the rows of `dataset` (raw in `fmt`, or already converted); `where` is "<source>[row <i>]".
-
-    Roles are system/user/assistant/tool; a system message only comes first; a tool message follows an assistant or
-    tool message; a conversation (or completion) has an assistant turn, else there is nothing to learn; assistant
-    turns are non-empty unless they carry `tool_calls`; content is a string or a list of text/image blocks; images
-    open with PIL and match the `{"type": "image"}` placeholders. Consecutive user (or assistant) turns are allowed:
-    templates that demand alternation (Gemma, Mistral) raise on their own, and many datasets are fine with it.
-    """
-    from datasets import Dataset
-
+    Consecutive user (or assistant) turns are allowed: templates that demand alternation (Gemma, Mistral) raise on
+    their own, and many datasets are fine with it."""
     columns = columns_of(dataset)
     try:
-        fmt = detect_format(columns, text_field, source) if fmt == "auto" else fmt
+        fmt = _checked_format(columns, fmt, text_field, source)
     except RecipeError as e:
         return e.problems
-    missing = _missing_columns(fmt, columns, text_field, source)
-    if missing:
-        return missing
-    if limit is not None:
-        dataset = (
-            dataset.select(range(min(limit, len(dataset)))) if isinstance(dataset, Dataset) else dataset.take(limit)
-        )
     if fmt == "preference" and preference_column not in PREFERENCE_CHOICES:
         return [refusal(columns, first_row(dataset), source)]
     dataset = _undecoded_images(dataset)
@@ -150,14 +120,67 @@ def check_rows(
     conversational = None  # decided by the first row, as TRL does
     for index, row in enumerate(_iter_rows(dataset)):
         if row.get(LABEL) is False:
-            continue  # excluded from training, see preference.without_rejected_labels
+            continue  # excluded from training, see without_rejected_labels
         row = chosen_as_prompt_completion(row) if fmt == "preference" else row
-        conversational = is_conversational(row, _row_format(fmt)) if conversational is None else conversational
+        conversational = is_conversational(row, fmt) if conversational is None else conversational
         issues = row_issues(row, _row_format(fmt), text_field, base_dir, conversational)
         problems += [Problem(f"{source}[row {index}]", issue) for issue in issues]
-    if conversational is None:
-        problems.append(Problem(source, _empty(columns), fix="check the path, split, data_files or fraction"))
-    return problems
+    return problems if conversational is not None else [*problems, _empty(columns, source)]
+
+
+def refusal(columns, first: dict | None, source: str) -> Problem:
+    """The one problem a preference data set gets when the recipe has not said which answer to train on."""
+    prompt = next((c for c in ("prompt", "conversations", "messages", "instruction") if c in columns), None)
+    layout = "plain-text" if isinstance((first or {}).get("chosen"), str) else "conversational"
+    where = f"an explicit prompt in {prompt!r}" if prompt else "an implicit prompt (the shared start of both)"
+    return Problem(
+        source,
+        f"this is {layout} preference data ('chosen' and 'rejected' answers, with {where}), not SFT data: SFT "
+        "trains on one answer per prompt",
+        fix="set preference_column: chosen to train on the chosen answers (the rejected ones are dropped), or "
+        "train with a preference trainer (trl's DPOTrainer, `trl dpo`)",
+    )
+
+
+def without_rejected_labels(dataset, columns: list[str], source: str):
+    """`dataset` without its `label: false` rows when `label` holds booleans; the count is logged."""
+    from datasets import Dataset, Value
+
+    feature = (dataset.features or {}).get(LABEL)
+    stream = not isinstance(dataset, Dataset)
+    if LABEL not in columns or feature != Value("bool") and not (stream and feature is None):
+        return dataset
+    if stream:
+        logger.warning("%s: rows with label: false (bad answers, KTO-style) are skipped as the stream is read", source)
+        return dataset.filter(lambda row: row.get(LABEL) is not False)
+    kept = dataset.filter(_good, input_columns=[LABEL], batched=True, desc=f"Dropping label: false rows of {source}")
+    if len(kept) < len(dataset):
+        logger.warning(
+            f"{source}: excluded {len(dataset) - len(kept)} of {len(dataset)} rows with label: false (KTO-style bad "
+            f"answers, never trained as good ones); {len(kept)} rows left"
+        )
+    return kept
+
+
+def _good(labels: list) -> list[bool]:
+    return [label is not False for label in labels]
+
+
+def _checked_format(columns: list[str], fmt: str, text_field: str, source: str) -> str:
+    """`fmt`, detected when "auto"; RecipeError when it is unknown or the columns it needs are absent."""
+    fmt = detect_format(columns, text_field, source) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise error("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")
+    absent = [c for c in REQUIRED_COLUMNS.get(fmt, (text_field,)) if c not in columns]
+    if absent:
+        message = f"format {fmt!r} needs column {quoted(absent)}; columns found: {quoted(columns)}"
+        raise error(source, message, fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP)
+    return fmt
+
+
+def is_conversational(row: dict, fmt: str) -> bool:
+    """Whether rows are message lists: prompt-completion rows (preference ones once converted) may be either."""
+    return isinstance(row["prompt"], list) if fmt in ("prompt_completion", "preference") else fmt != "text"
 
 
 def _row_format(fmt: str) -> str:
@@ -165,8 +188,9 @@ def _row_format(fmt: str) -> str:
     return "prompt_completion" if fmt == "preference" else fmt
 
 
-def _empty(columns) -> str:
-    return "the split is empty" + (" once its label: false rows are excluded" if LABEL in columns else "")
+def _empty(columns, source: str) -> Problem:
+    excluded = " once its label: false rows are excluded" if LABEL in columns else ""
+    return Problem(source, f"the split is empty{excluded}", fix="check the path, split, data_files or fraction")
 
 
 class _BadRows(Exception):
@@ -220,29 +244,6 @@ def _features(fmt: str, conversational: bool, plain: bool, text_field: str, extr
     return Features({**columns, **{c: extra_features[c] for c in extras}})
 
 
-def _missing_columns(fmt: str, columns: list[str], text_field: str, source: str) -> list[Problem]:
-    required = {
-        "text": [text_field],
-        "messages": ["messages"],
-        "prompt_completion": ["prompt", "completion"],
-        "sharegpt": ["conversations"],
-        "alpaca": ["instruction", "output"],
-        "preference": ["chosen", "rejected"],
-    }
-    if fmt not in required:
-        return [Problem("dataset_format", f"unknown format {fmt!r}", fix=f"one of: auto, {', '.join(FORMATS)}")]
-    absent = [c for c in required[fmt] if c not in columns]
-    if not absent:
-        return []
-    return [
-        Problem(
-            source,
-            f"format {fmt!r} needs column {quoted(absent)}; columns found: {quoted(columns)}",
-            fix="set dataset_format: auto, or rename the columns; " + _FORMAT_HELP,
-        )
-    ]
-
-
 def _plain_chat(ds, fmt: str) -> bool:
     """Whether every message is already {role, content} strings in Arrow: a struct then pads no keys and is ~3x
     faster to write and read than Json."""
@@ -250,25 +251,23 @@ def _plain_chat(ds, fmt: str) -> bool:
 
     if fmt == "preference":
         return False  # chosen answers come as strings, one message or several
-    columns = {"messages": ["messages"], "sharegpt": ["conversations"], "prompt_completion": ["prompt", "completion"]}
     keys = {"from", "value"} if fmt == "sharegpt" else {"role", "content"}
-    for column in columns.get(fmt, []):  # alpaca rows always become {role, content} strings
+    chat_columns = () if fmt == "alpaca" else REQUIRED_COLUMNS.get(fmt, ())  # alpaca rows become {role, content}
+    for column in chat_columns:
         feature = (ds.features or {}).get(column)
         inner = feature.feature if isinstance(feature, List) else None
         if not isinstance(inner, dict) or set(inner) != keys or any(v != Value("string") for v in inner.values()):
             return False
-    if fmt == "sharegpt":  # function_call turns become tool_calls, which a {role, content} struct cannot hold
-        return isinstance(ds, Dataset) and not _has_function_calls(ds)
-    return True
-
-
-def _has_function_calls(ds) -> bool:
-    """Whether a ShareGPT data set has function_call turns, read from Arrow without decoding the rows."""
+    if fmt != "sharegpt":
+        return True
+    if not isinstance(ds, Dataset):
+        return False
     import pyarrow.compute as pc
 
+    # function_call turns become tool_calls, which a {role, content} struct cannot hold; read from Arrow, undecoded
     turns = pc.list_flatten(ds.data.column("conversations"))
     roles = {r.lower() for r in pc.unique(pc.struct_field(turns, "from")).to_pylist() if isinstance(r, str)}
-    return bool(roles & set(FUNCTION_CALL_ROLES))
+    return not roles & set(FUNCTION_CALL_ROLES)
 
 
 def _undecoded_images(ds):
@@ -287,10 +286,7 @@ def _undecoded_images(ds):
 
 def columns_of(ds) -> list[str]:
     """The column names of a dataset, or of a stream's first row when the stream does not know them."""
-    if ds.column_names is not None:
-        return list(ds.column_names)
-    row = first_row(ds)
-    return list(row) if row is not None else []
+    return list(ds.column_names) if ds.column_names is not None else list(first_row(ds) or [])
 
 
 def first_row(ds) -> dict | None:

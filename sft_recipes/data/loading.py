@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -27,47 +28,44 @@ MAX_REPORTED_PROBLEMS = 20
 def load_training_data(
     script_args, mixture, training_args, counts: list[dict[str, Any]] | None = None
 ) -> tuple[Dataset | IterableDataset, Any]:
-    """Load, check and convert the training data; returns (train, eval), eval None when eval_strategy is "no".
-
-    Eval is the `dataset_test_split` split when the source has one, else a seeded `test_split_size` split of train.
-    `counts`, when given, receives each source's rows after conversion (before that split; None when streamed).
-    """
-    fmt = getattr(script_args, "dataset_format", "auto") or "auto"
+    """Load, check and convert the training data: (train, eval), eval None when eval_strategy is "no", else the
+    `dataset_test_split` split or a seeded `test_split_size` split of train. `counts`, when given, receives each
+    source's rows after conversion (before that split; None when streamed)."""
+    problems: list[Problem] = []  # collected so that every source is reported at once
+    fmt, num_proc = getattr(script_args, "dataset_format", "auto") or "auto", training_args.dataset_num_proc
     preference_column = getattr(script_args, "preference_column", None)
-    text_field = training_args.dataset_text_field
-    num_proc = training_args.dataset_num_proc
+    options = {"text_field": training_args.dataset_text_field, "preference_column": preference_column}
+    prepare = functools.partial(_prepare, problems=problems, fmt=fmt, num_proc=num_proc, options=options)
     want_eval = wants_eval(training_args)
-    problems: list[Problem] = []
     eval_ds = None
-
+    source = script_args.dataset_name
+    train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
     if mixture.datasets:
-        if script_args.dataset_name:
+        if source:
             logger.warning(
                 "Both `datasets` and `dataset_name` are set: the `datasets` mixture is used and `dataset_name` "
                 "(%s) is ignored, as in TRL.",
-                script_args.dataset_name,
+                source,
             )
-        train = _load_mixture(mixture, fmt, text_field, num_proc, problems, preference_column, counts)
-    elif script_args.dataset_name:
+        train = _load_mixture(mixture, prepare, problems, num_proc, counts)
+    elif source:
         from trl.scripts.utils import DatasetConfig
 
-        source = script_args.dataset_name
         cfg = DatasetConfig(path=source, name=script_args.dataset_config)
         splits = _load(cfg, "dataset_name", split=None, streaming=script_args.dataset_streaming)
-        if script_args.dataset_train_split not in splits:
+        if train_split not in splits:
             raise error(
                 "dataset_train_split",
-                f"{source} has no split {script_args.dataset_train_split!r}; splits found: {', '.join(splits)}",
+                f"{source} has no split {train_split!r}; splits found: {', '.join(splits)}",
                 fix="set dataset_train_split to one of those",
             )
-        train_split = splits[script_args.dataset_train_split]
-        train = _prepare(train_split, fmt, source, text_field, num_proc, problems, preference_column=preference_column)
-        test_split = script_args.dataset_test_split
-        if want_eval and test_split in splits and test_split != script_args.dataset_train_split:
-            label = f"{source}:{test_split}"
-            eval_ds = _prepare(
-                splits[test_split], fmt, label, text_field, num_proc, problems, source_dir(source), preference_column
-            )
+        train = prepare(splits[train_split], source)
+        if want_eval and test_split in splits and test_split != train_split:
+            eval_ds = prepare(splits[test_split], f"{source}:{test_split}", source_dir(source))
+        _raise_errors(problems)
+        used = ((train_split, train), (test_split, eval_ds))
+        if counts is not None:
+            counts += [_count(source, split, ds) for split, ds in used if ds is not None]
     else:
         raise error(
             "dataset_name",
@@ -75,11 +73,6 @@ def load_training_data(
             fix="set dataset_name (a .jsonl/.json/.parquet/.csv file, a directory of them, or a hub id) "
             "or a `datasets:` list",
         )
-
-    _raise_errors(problems)
-    if counts is not None and not mixture.datasets:
-        used = [(script_args.dataset_train_split, train), (script_args.dataset_test_split, eval_ds)]
-        counts += [_count(script_args.dataset_name, split, ds) for split, ds in used if ds is not None]
     if want_eval and eval_ds is None:
         eval_ds, train = _split_eval(train, mixture.test_split_size, training_args.seed, script_args)
     return train, eval_ds
@@ -134,49 +127,42 @@ def local_data_files(cfg) -> list[str]:
     path = os.path.expanduser(cfg.path)
     found: list[str] = []
     if os.path.isdir(path):
-        found = [f for f in sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if _is_data(f)]
+        found = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
+        found = [
+            f for f in found if os.path.isfile(f) and Path(f).suffix in BUILDERS and not Path(f).name.startswith(".")
+        ]
     elif os.path.isfile(path):
         found = [path]
     if cfg.data_files is not None and not found:  # generic builder ("json") with local data_files
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        found = [f for pattern in files for f in sorted(glob.glob(os.path.expanduser(pattern)))]
+        found = [f for pattern in _files(cfg.data_files) for f in sorted(glob.glob(os.path.expanduser(pattern)))]
     return found
 
 
 HEAD_BYTES = 1 << 20  # enough of a .json file to decode the first element of its array
 
 
-def _array_of_non_objects(path: str) -> list[Problem]:
+def _array_of_non_objects(path: str) -> Problem | None:
     """A .json file holding an array whose first element is not an object (a row): named by file, from its head."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         head = handle.read(HEAD_BYTES).lstrip()
     if not head.startswith("["):
-        return []
+        return None
     try:
         first, _ = json.JSONDecoder().raw_decode(head[1:].lstrip())
     except json.JSONDecodeError:  # an empty array, or a first element longer than the head: the loader decides
-        return []
+        return None
     if isinstance(first, dict):
-        return []
-    return [
-        Problem(
-            path,
-            f"a JSON array of {type(first).__name__} ({_abridged(head)}): each row must be a JSON object",
-            'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines',
-        )
-    ]
-
-
-def _abridged(text: str, width: int = 40) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[:width] + "..."
+        return None
+    shown = " ".join(head.split())
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    fix = 'write one object per row, e.g. [{"messages": [...]}, ...] or JSON lines'
+    return Problem(path, f"a JSON array of {type(first).__name__} ({shown}): each row must be a JSON object", fix)
 
 
 def _label(cfg) -> str:
     """How problems name a mixture entry: its path, or its data files when the path is a builder (`json`)."""
     if cfg.path in BUILDERS.values() and cfg.data_files is not None:
-        files = [cfg.data_files] if isinstance(cfg.data_files, str) else list(_flatten(cfg.data_files))
-        return ", ".join(str(f) for f in files)
+        return ", ".join(str(f) for f in _files(cfg.data_files))
     return cfg.path
 
 
@@ -190,12 +176,12 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
     if os.path.isdir(path):
         if not local_files and cfg.data_files is None:
             raise error(where, f"no data files ({', '.join(BUILDERS)}) in directory {cfg.path}")
-    elif os.path.isfile(path) or _looks_like_file(cfg.path):
+    elif os.path.isfile(path) or Path(path).suffix in BUILDERS or cfg.path.startswith(("./", "../", "/", "~")):
         if not os.path.isfile(path):
             raise RecipeError(check_file(path))
         kwargs["data_files"] = path
         path = BUILDERS.get(Path(path).suffix, "json")
-    not_objects = [p for f in local_files if f.endswith(".json") for p in _array_of_non_objects(f)]
+    not_objects = [p for f in local_files if f.endswith(".json") and (p := _array_of_non_objects(f))]
     if not_objects:  # datasets would load [1, 2] as a `text` column of numbers and blame each row
         raise RecipeError(not_objects)
     try:
@@ -212,15 +198,7 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
         ) from e
 
 
-def _load_mixture(
-    mixture,
-    fmt: str,
-    text_field: str,
-    num_proc: int | None,
-    problems: list[Problem],
-    preference_column: str | None,
-    counts: list | None = None,
-) -> Any:
+def _load_mixture(mixture, prepare, problems: list[Problem], num_proc: int | None, counts: list | None) -> Any:
     """TRL's get_dataset semantics (columns, split, fraction = first rows) with local paths and per-source formats."""
     import datasets
 
@@ -231,10 +209,8 @@ def _load_mixture(
             found = columns_of(ds)
             absent = [c for c in cfg.columns if c not in found]
             if absent:
-                raise error(
-                    f"datasets[{i}].columns",
-                    f"{cfg.path} has no column {quoted(absent)}; columns found: {quoted(found)}",
-                )
+                message = f"{cfg.path} has no column {quoted(absent)}; columns found: {quoted(found)}"
+                raise error(f"datasets[{i}].columns", message)
             ds = ds.select_columns(cfg.columns)
         raw.append(ds)
 
@@ -250,10 +226,7 @@ def _load_mixture(
         total = min(len(ds) / w for ds, w in zip(raw, weights, strict=True))
         raw = [ds.select(range(round(w * total))) for ds, w in zip(raw, weights, strict=True)]
 
-    parts = [
-        _prepare(ds, fmt, _label(cfg), text_field, num_proc, problems, preference_column=preference_column)
-        for ds, cfg in zip(raw, mixture.datasets, strict=True)
-    ]
+    parts = [prepare(ds, _label(cfg)) for ds, cfg in zip(raw, mixture.datasets, strict=True)]
     _raise_errors(problems)
     if counts is not None:
         counts += [_count(cfg.path, cfg.split, ds) for cfg, ds in zip(mixture.datasets, parts, strict=True)]
@@ -265,27 +238,16 @@ def _count(source: str, split: str, ds: Any) -> dict[str, Any]:
     return {"source": source, "split": split, "rows": len(ds) if hasattr(ds, "__len__") else None}
 
 
-def _prepare(
-    ds,
-    fmt,
-    source,
-    text_field,
-    num_proc,
-    problems: list[Problem],
-    base_dir: str | None = None,
-    preference_column: str | None = None,
-) -> Any:
-    """Check and convert one split; problems are collected so that every source is reported at once."""
+def _prepare(ds, source: str, base_dir: str | None = None, *, problems: list[Problem], fmt, num_proc, options) -> Any:
+    """Check and convert one split, its problems added to `problems`; `options` are to_trl_format's."""
     from datasets import Dataset
 
-    kwargs = {"text_field": text_field, "base_dir": base_dir, "preference_column": preference_column}
     try:
         if not isinstance(ds, Dataset):  # a stream is checked as it is read: fail before training on its head
-            head = check_rows(ds, fmt, source, limit=STREAMING_CHECK_ROWS, **kwargs)
-            if any(p.severity == "error" for p in head):
-                problems += head
-                return ds
-        return to_trl_format(ds, fmt, source, num_proc=num_proc, **kwargs)
+            head = check_rows(ds.take(STREAMING_CHECK_ROWS), fmt, source, base_dir=base_dir, **options)
+            if head:
+                raise RecipeError(head)
+        return to_trl_format(ds, fmt, source, num_proc=num_proc, base_dir=base_dir, **options)
     except RecipeError as e:
         problems += e.problems
         return ds
@@ -302,7 +264,7 @@ def _harmonize(parts: list, sources: list[str], num_proc: int | None) -> list:
                 "Mixing `messages` with conversational prompt-completion data: the prompt-completion sources are "
                 "turned into `messages`, so their loss covers the whole conversation unless assistant_only_loss=True."
             )
-            chat_pc = [k == "prompt_completion_chat" for k in kinds]
+            chat_pc = [kind == "prompt_completion_chat" for kind in kinds]
             parts = [_as_messages(ds, num_proc) if pc else ds for ds, pc in zip(parts, chat_pc, strict=True)]
         else:
             listing = ", ".join(f"{s} ({k})" for s, k in zip(sources, kinds, strict=True))
@@ -354,16 +316,14 @@ def _split_eval(train, size: float | None, seed: int, script_args) -> tuple[Any,
 
 
 def _as_messages(ds, num_proc: int | None):
-    from datasets import Dataset
+    from datasets import Dataset, Features
 
-    rest = [c for c in columns_of(ds) if c not in ("prompt", "completion")]
-    features = ds.features.copy()
-    features = type(features)({"messages": features["prompt"], **{c: features[c] for c in rest}})
+    rest = {c: ds.features[c] for c in columns_of(ds) if c not in ("prompt", "completion")}
+    features = Features({"messages": ds.features["prompt"], **rest})
+    removed = ["prompt", "completion"]
     if isinstance(ds, Dataset):
-        return ds.map(
-            _join_prompt_completion, remove_columns=["prompt", "completion"], features=features, num_proc=num_proc
-        )
-    return ds.map(_join_prompt_completion, remove_columns=["prompt", "completion"]).cast(features)
+        return ds.map(_join_prompt_completion, remove_columns=removed, features=features, num_proc=num_proc)
+    return ds.map(_join_prompt_completion, remove_columns=removed).cast(features)
 
 
 def _join_prompt_completion(row: dict) -> dict:
@@ -383,18 +343,12 @@ def _kind(ds) -> str:
     return "messages" if "messages" in columns else "text"
 
 
-def _is_data(path: str) -> bool:
-    name = os.path.basename(path)
-    return os.path.isfile(path) and not name.startswith(".") and Path(path).suffix in BUILDERS
-
-
-def _looks_like_file(path: str) -> bool:
-    return Path(path).suffix in BUILDERS or path.startswith(("./", "../", "/", "~"))
-
-
-def _flatten(data_files: Any):
-    for value in data_files.values() if isinstance(data_files, dict) else data_files:
-        yield from [value] if isinstance(value, str) else value
+def _files(data_files: Any) -> list[str]:
+    """`data_files` (a path, a list, or split -> path or list) as one list."""
+    if isinstance(data_files, str):
+        return [data_files]
+    values = data_files.values() if isinstance(data_files, dict) else data_files
+    return [f for value in values for f in ([value] if isinstance(value, str) else value)]
 
 
 def _json_problem(path, e: json.JSONDecodeError, lineno: int) -> Problem:
@@ -402,13 +356,8 @@ def _json_problem(path, e: json.JSONDecodeError, lineno: int) -> Problem:
 
 
 def _raise_errors(problems: list[Problem]) -> None:
-    errors = [p for p in problems if p.severity == "error"]
-    for p in problems:
-        if p.severity != "error":
-            logger.warning("%s", p)
-    if not errors:
-        return
-    if len(errors) > MAX_REPORTED_PROBLEMS:
-        hidden = len(errors) - MAX_REPORTED_PROBLEMS
-        errors = errors[:MAX_REPORTED_PROBLEMS] + [Problem("data", f"... and {hidden} more problems like these")]
-    raise RecipeError(errors)
+    if len(problems) > MAX_REPORTED_PROBLEMS:
+        hidden = len(problems) - MAX_REPORTED_PROBLEMS
+        problems = problems[:MAX_REPORTED_PROBLEMS] + [Problem("data", f"... and {hidden} more problems like these")]
+    if problems:
+        raise RecipeError(problems)

@@ -1,5 +1,4 @@
-"""A prepared training set: the rows TRL's preparation made (tokenized, masked, packed), saved with the fingerprint of
-everything that shaped them, and the check that a recipe still matches that fingerprint."""
+"""A prepared training set: TRL's tokenized, masked, packed rows, saved with the fingerprint of what shaped them."""
 
 from __future__ import annotations
 
@@ -10,10 +9,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import Problem, RecipeError, error
 
 MANIFEST = "prepared.json"  # written last: a folder without it is not (yet) a prepared set
-SPLITS = ("train", "eval")
 # ScriptArguments fields that never change a row; every other one (today's and tomorrow's data keys) is fingerprinted.
 NOT_DATA = {"prepared", "merge_adapter", "overwrite_output_dir", "gradient_checkpointing_use_reentrant"}
 NOT_DATA |= {"ignore_bias_buffers"}
@@ -35,10 +33,9 @@ HASH_CHUNK = 1 << 20
 
 
 def fingerprint(recipe: Any, tokenizer: Any, hash_files: bool = True) -> dict[str, Any]:
-    """Everything that shaped the prepared rows, flat (one key per fact), JSON-ready. `tokenizer` is the recipe's, as
-    loaded: what SFTTrainer then does to it (eos_token, pad_token, chat_template_path, the generation-marked copy of
-    the template for assistant_only_loss) follows from keys fingerprinted here and TRL's version. Without hash_files
-    the data files are described by size and mtime alone: a check hashes one only when its mtime moved."""
+    """Everything that shaped the prepared rows, flat and JSON-ready. `tokenizer` is the recipe's as loaded: what
+    SFTTrainer does to it follows from keys here and TRL's version. Without hash_files the data files are described
+    by size and mtime alone: a check hashes one only when its mtime moved."""
     import trl
 
     from sft_recipes.data.loading import wants_eval
@@ -106,9 +103,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[st
     changed = [(key, saved.get(key), current.get(key)) for key in sorted((set(saved) | set(current)) - {"data_files"})]
     changed = [entry for entry in changed if entry[1] != entry[2]]
     old, new = saved.get("data_files", {}), current.get("data_files", {})
-    for path in sorted(set(old) | set(new)):
-        if path not in new:
-            continue  # deleted since: nothing to compare it with
+    for path in sorted(new):  # a file deleted since has nothing to compare with
         if path not in old:
             changed.append((f"data_files[{path}]", "absent", f"{new[path]['size']} bytes"))
         elif not _same_file(old[path], new[path], path):
@@ -117,31 +112,23 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[st
 
 
 def _same_file(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
-    if old["size"] != new["size"]:
-        return False
-    return (
-        old["mtime_ns"] == new["mtime_ns"] or old["sha256"] == new.get("sha256") or old["sha256"] == _file_digest(path)
-    )
+    same_stat = old["mtime_ns"] == new["mtime_ns"] or old["sha256"] == new.get("sha256")
+    return old["size"] == new["size"] and (same_stat or old["sha256"] == _file_digest(path))
 
 
 def check_matches(
     directory: str | Path, saved: dict[str, Any], current: dict[str, Any], recipe_path: str | None
 ) -> None:
     """Refuse a prepared set made under other settings, naming each fact that changed."""
-    changed = differences(saved, current)
-    if not changed:
-        return
     again = f"sft-recipes preprocess --config {recipe_path or 'RECIPE'} --out {directory} --overwrite"
-    raise RecipeError(
-        [
-            Problem(
-                f"{Path(directory) / MANIFEST} ({key})",
-                f"prepared with {_short(old)}, the recipe now gives {_short(new)}",
-                f"prepare it again (`{again}`), or train from the raw data without `prepared`",
-            )
-            for key, old, new in changed
-        ]
-    )
+    fix = f"prepare it again (`{again}`), or train from the raw data without `prepared`"
+    where = Path(directory) / MANIFEST
+    problems = [
+        Problem(f"{where} ({key})", f"prepared with {_short(old)}, the recipe now gives {_short(new)}", fix)
+        for key, old, new in differences(saved, current)
+    ]
+    if problems:
+        raise RecipeError(problems)
 
 
 def save_prepared(directory: str | Path, datasets: dict[str, Any], manifest: dict[str, Any]) -> Path:
@@ -160,12 +147,10 @@ def save_prepared(directory: str | Path, datasets: dict[str, Any], manifest: dic
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise RecipeError(
-            Problem(
-                "prepared",
-                f"{directory} is not a prepared set (no {MANIFEST})",
-                "point `prepared` at the --out folder of `sft-recipes preprocess --config RECIPE --out DIR`",
-            )
+        raise error(
+            "prepared",
+            f"{directory} is not a prepared set (no {MANIFEST})",
+            "point `prepared` at the --out folder of `sft-recipes preprocess --config RECIPE --out DIR`",
         )
     return dict(json.loads(path.read_text()))
 

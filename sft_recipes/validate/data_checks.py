@@ -95,7 +95,7 @@ def check_sample(v: Validation, rows: Any) -> None:
 def check_vision_batch(v: Validation, rows: Any) -> None:
     """#10: the first batch through TRL's vision collator on the meta trainer (the processor call of train's first
     step), so that image rows the processor cannot take fail here, not after the weights are loaded."""
-    from sft_recipes.data.first_batch import first_batch_problems
+    from sft_recipes.data.rendering import first_batch_problems
     from sft_recipes.inspection.meta_trainer import inspection_args, is_vision, meta_trainer, outside_launch
 
     r = v.recipe
