@@ -187,9 +187,8 @@ def write_run_record(output_dir: str, resolved_recipe: dict[str, Any], summary: 
     out = Path(output_dir)
     header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
     (out / RESOLVED_RECIPE).write_text(header + yaml.safe_dump(resolved_recipe, sort_keys=True))
-    summary = {**summary, "versions": package_versions()}
     temporary = out / f"{SUMMARY}.partial"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    temporary.write_text(json.dumps({**summary, "versions": package_versions()}, indent=2) + "\n")
     os.replace(temporary, out / SUMMARY)  # whole or absent: its presence means "finished"
 
 

@@ -90,20 +90,15 @@ def train_byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_siz
         r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
         r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
     )
+    split = pre_tokenizers.Split(Regex(qwen2_split), behavior="isolated", invert=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(qwen2_split), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet, show_progress=False
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer.to_str()
@@ -128,7 +123,6 @@ def build_tokenizer(
     extra_special_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Qwen-like ChatML special tokens, saved to `out_dir` when given.
-
     `chat_template`: True for the shipped ChatML, False for none (a base model), or a template string.
     `extra_special_tokens` maps attribute names to new tokens (e.g. {"image_token": "<image>"})."""
     from tokenizers import Tokenizer

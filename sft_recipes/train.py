@@ -58,6 +58,7 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
+    from sft_recipes.merge import merge_adapter
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model
     from sft_recipes.model.lora import build_lora_config
@@ -100,8 +101,6 @@ def run(recipe: Any) -> Any:
         if trainer.accelerator.is_main_process:
             finalize_output(output_dir, trainer, recipe, result, time.time() - started)
         if script_args.merge_adapter and model_args.use_peft and trainer.accelerator.is_main_process:
-            from sft_recipes.merge import merge_adapter
-
             merge_adapter(output_dir, os.path.join(output_dir, "merged"))
         trainer.accelerator.wait_for_everyone()
         if hasattr(trainer, "end"):
@@ -112,12 +111,11 @@ def run(recipe: Any) -> Any:
 def training_datasets(recipe: Any) -> tuple[Any, Any]:
     """(train, eval) for SFTTrainer: the `prepared` set (checked against the recipe), which every rank memory-maps,
     else the raw data, which rank 0 converts first so that the other ranks read its datasets cache."""
-    if recipe.script.prepared:
-        from sft_recipes.preprocess import prepared_datasets
-
-        return prepared_datasets(recipe)
     from sft_recipes.data.loading import load_training_data
+    from sft_recipes.preprocess import prepared_datasets
 
+    if recipe.script.prepared:
+        return prepared_datasets(recipe)
     with recipe.training.main_process_first(desc="load and convert the dataset"):
         return load_training_data(recipe.script, recipe.mixture, recipe.training)
 
