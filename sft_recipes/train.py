@@ -141,13 +141,19 @@ def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
     """Give what the recipe leaves unset the fast value this machine allows (a value in the recipe or on the command
     line always wins), then log the memory plan's verdict. Attention is chosen at load time (model.attention);
     packing is a recipe key, set where tests/contracts/test_packing.py proves packed == padded."""
+    import torch
+
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib
 
     training = recipe.training
     gpu_gib = None if training.use_cpu else local_gpu_memory_gib()
     if not _explicit(recipe, "dataset_num_proc"):
-        training.dataset_num_proc = recipe.raw["dataset_num_proc"] = default_dataset_num_proc()
+        # min(8, usable CPUs) tokenizers on a GPU machine, where a big data set would keep the GPUs waiting; one
+        # (None) on CPU, where small data sets pay more to start workers than they save and training needs the cores.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        procs = min(8, cpus) if torch.cuda.is_available() and cpus > 1 else None
+        training.dataset_num_proc = recipe.raw["dataset_num_proc"] = procs
     plan = memory_plan(recipe, config)
     if plan is not None and not _explicit(recipe, "activation_checkpointing", "gradient_checkpointing"):
         on, why = checkpointing_decision(plan, gpu_gib)
@@ -161,17 +167,6 @@ def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
 
 def _explicit(recipe: Any, *keys: str) -> bool:
     return any(k in recipe.explicit or f"no_{k}" in recipe.explicit for k in keys)
-
-
-def default_dataset_num_proc() -> int | None:
-    """Tokenizing processes: min(8, usable CPUs) on a GPU machine, where a big data set would keep the GPUs waiting;
-    one (None) on CPU, where small data sets pay more to start workers than they save and training needs the cores."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cpus) if cpus > 1 else None
 
 
 def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
