@@ -215,7 +215,7 @@ def build_vlm(
     return _save_initialised(AutoModelForImageTextToText, config, seed, processor.tokenizer, processor, out_dir)
 
 
-_TINY_VISION = dict(
+_TINY_VISION: dict[str, Any] = dict(
     hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
 )
 
