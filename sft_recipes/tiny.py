@@ -167,9 +167,7 @@ def _text_config(family: str, tokenizer: Any, hidden_size: int, num_layers: int,
     return AutoConfig.for_model(family, **kwargs)
 
 
-def _save_initialised(
-    model_class: Any, config: Any, seed: int, tokenizer: Any, processing_class: Any, out_dir: str | Path
-) -> Path:
+def _save_random(model_class: Any, config: Any, seed: int, tokenizer: Any, processor: Any, out: str | Path) -> Path:
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -178,9 +176,9 @@ def _save_initialised(
     # A pad id inside the eos set makes generate() stop on padding; keep them distinct (eos = end of turn only).
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.generation_config, name, getattr(tokenizer, name))
-    model.save_pretrained(out_dir)
-    processing_class.save_pretrained(out_dir)
-    return Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
 
 
 def build_causal_lm(
@@ -199,7 +197,7 @@ def build_causal_lm(
         raise error("family", f"unknown causal LM family {family!r}", f"use one of {', '.join(CAUSAL_FAMILIES)}")
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     config = _text_config(family, tokenizer, hidden_size, num_layers, max_position_embeddings)
-    return _save_initialised(AutoModelForCausalLM, config, seed, tokenizer, tokenizer, out_dir)
+    return _save_random(AutoModelForCausalLM, config, seed, tokenizer, tokenizer, out_dir)
 
 
 def build_vlm(
@@ -212,7 +210,7 @@ def build_vlm(
     if family not in VLM_FAMILIES:
         raise error("family", f"unknown VLM family {family!r}", f"use one of {', '.join(VLM_FAMILIES)}")
     processor, config = _VLM_PARTS[family](tokenizer, chat_template)
-    return _save_initialised(AutoModelForImageTextToText, config, seed, processor.tokenizer, processor, out_dir)
+    return _save_random(AutoModelForImageTextToText, config, seed, processor.tokenizer, processor, out_dir)
 
 
 _TINY_VISION: dict[str, Any] = dict(
