@@ -1,7 +1,6 @@
 """The `sft-recipes` command: dispatches to a command module, lazily, so --help stays instant.
 
-Usage: sft-recipes [--debug] <command> [args]
-"""
+Usage: sft-recipes [--debug] <command> [args]"""
 
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
@@ -53,15 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from sft_recipes.errors import RecipeError
 
     configure_logging(debug)
-
     try:
         return module.main(rest)
     except RecipeError as err:
         if debug:
             raise
-        problems = err.problems
-        print(f"sft-recipes {name}: {len(problems)} problem(s)", file=sys.stderr)
-        for problem in problems:
+        print(f"sft-recipes {name}: {len(err.problems)} problem(s)", file=sys.stderr)
+        for problem in err.problems:
             print(f"  - {problem}".replace("\n", "\n    "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

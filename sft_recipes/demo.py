@@ -1,7 +1,6 @@
 """Offline demo: build a tiny chat model and a capitals chat set, fine-tune on CPU, compare answers before/after.
 
-Usage: python -m sft_recipes.demo [--workdir .demo] [--recipe RECIPE.yaml]   (default: the shipped demo recipe)
-"""
+Usage: python -m sft_recipes.demo [--workdir .demo] [--recipe RECIPE.yaml]   (default: the shipped demo recipe)"""
 
 from __future__ import annotations
 
@@ -27,14 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sft_recipes.arguments import configure_logging
     from sft_recipes.errors import RecipeError
-    from sft_recipes.tiny import (
-        ANSWER_TEMPLATE,
-        CAPITALS,
-        DEMO_PROMPTS,
-        build_causal_lm,
-        build_tokenizer,
-        write_demo_dataset,
-    )
+    from sft_recipes.tiny import ANSWER_TEMPLATE, CAPITALS, DEMO_PROMPTS, build_causal_lm, write_demo_dataset
     from sft_recipes.train import main as train
 
     parser = argparse.ArgumentParser(prog="python -m sft_recipes.demo", description=__doc__.splitlines()[0])
@@ -47,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, data, out = work / "model", work / "capitals.jsonl", work / "out"
     started = time.time()
     if not (model_dir / "config.json").is_file():
-        build_causal_lm("llama", model_dir, tokenizer=build_tokenizer(), hidden_size=64, num_layers=2)
+        build_causal_lm("llama", model_dir, hidden_size=64, num_layers=2)
     write_demo_dataset(data, n=480)
     console.print(f"[bold]Built[/] a tiny llama in {model_dir} and 480 chat rows in {data}")
     before = generate(model_dir, list(DEMO_PROMPTS))
@@ -61,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     after = generate(out, list(DEMO_PROMPTS))
     expected = {country: ANSWER_TEMPLATE.format(country=country, city=city) for country, city in CAPITALS.items()}
-    table = Table(title="Before and after fine-tuning (greedy decoding)")
-    for column in ("prompt", "before", "after", "correct"):
-        table.add_column(column)
+    table = Table("prompt", "before", "after", "correct", title="Before and after fine-tuning (greedy decoding)")
     correct = 0
     for prompt, old, new in zip(DEMO_PROMPTS, before, after, strict=True):
         right = any(country in prompt and new == answer for country, answer in expected.items())

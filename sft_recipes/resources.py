@@ -1,8 +1,4 @@
-"""The files the package ships beside its code: accelerate configs, the demo recipe and chat templates.
-
-They are package data, found with importlib.resources, so a wheel install finds them from any folder; the repo's
-top-level `accelerate_configs/` and `recipes/demo/` are links into here.
-"""
+"""The files the package ships beside its code (package data): accelerate configs, the demo recipe, chat templates."""
 
 from __future__ import annotations
 
@@ -11,7 +7,8 @@ from pathlib import Path
 
 
 def _shipped(relative: str) -> Path:
-    # pip installs wheels unpacked, so package data is a real file that `accelerate launch` and TRL can open by path.
+    # A wheel installs unpacked, so package data is a real file that `accelerate launch` and TRL can open by path,
+    # from any folder; the repo's top-level accelerate_configs/ and recipes/demo/ are links into here.
     return Path(str(resources.files("sft_recipes").joinpath(relative)))
 
 
@@ -27,8 +24,7 @@ def accelerate_config_names() -> list[str]:
 
 def accelerate_config(name: str) -> Path | None:
     """The shipped accelerate config called `name` (zero3, fsdp2, ...), or None when there is none."""
-    path = _shipped("accelerate_configs") / f"{name}.yaml"
-    return path if name in accelerate_config_names() else None
+    return _shipped(f"accelerate_configs/{name}.yaml") if name in accelerate_config_names() else None
 
 
 def demo_recipe() -> Path:
@@ -43,5 +39,4 @@ def chat_template_names() -> list[str]:
 
 def chat_template(name: str) -> Path | None:
     """The shipped chat template called `name`, a path for `chat_template_path`, or None when there is none."""
-    path = _shipped("chat_templates") / f"{name}.jinja"
-    return path if name in chat_template_names() else None
+    return _shipped(f"chat_templates/{name}.jinja") if name in chat_template_names() else None

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 
 COMPLETE_MARKER = "sft_recipes_complete"  # written into a checkpoint once every file of it is on disk
 SUMMARY = "run_summary.json"
@@ -23,14 +23,8 @@ LOCK_HOLDER = ".sft_recipes.lock.pid"  # the holder's pid, for the refusal messa
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Every checkpoint-N folder, by step (checkpoint-10 after checkpoint-9), complete or not."""
     root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    matches = [(re.fullmatch(r"checkpoint-(\d+)", p.name), p) for p in root.iterdir()] if root.is_dir() else []
+    return [path for _, path in sorted((int(match[1]), path) for match, path in matches if match and path.is_dir())]
 
 
 def completed_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -64,11 +58,8 @@ def rotate_checkpoints(output_dir: str, limit: int | None, current: Path, best: 
 
 def checkpoint_marker(training_args: Any) -> Any:
     """The callback that marks each checkpoint complete once the trainer wrote all of it (on_save runs after
-    _save_checkpoint), then applies save_total_limit, which it takes over from transformers.
-
-    transformers rotates inside _save_checkpoint, before any callback: with save_total_limit 1 a kill between its
-    rotation and our marker left no complete checkpoint. Here older checkpoints go only after the new one is marked.
-    """
+    _save_checkpoint), then applies save_total_limit in transformers' stead: transformers rotates before any callback,
+    so with save_total_limit 1 a kill between its rotation and our marker left no complete checkpoint."""
     from transformers import TrainerCallback
 
     limit, training_args.save_total_limit = training_args.save_total_limit, None
@@ -95,23 +86,19 @@ def resume_checkpoint(output_dir: str, requested: str | bool | None, overwrite: 
     """The checkpoint to resume from: the requested one, else the last complete one in output_dir."""
     if isinstance(requested, str) and requested not in ("True", "true"):
         if not (Path(requested) / "trainer_state.json").is_file():
-            raise RecipeError(
-                Problem(
-                    "resume_from_checkpoint",
-                    f"{requested} is not a complete checkpoint",
-                    "point it at a checkpoint-N folder, or leave it unset to resume automatically",
-                )
+            raise error(
+                "resume_from_checkpoint",
+                f"{requested} is not a complete checkpoint",
+                "point it at a checkpoint-N folder, or leave it unset to resume automatically",
             )
         return requested
     if overwrite:
         return None
     if finished(output_dir) and not requested:
-        raise RecipeError(
-            Problem(
-                "output_dir",
-                f"{output_dir} already holds a finished run ({SUMMARY})",
-                "pick a new output_dir, or pass --overwrite_output_dir true to train again",
-            )
+        raise error(
+            "output_dir",
+            f"{output_dir} already holds a finished run ({SUMMARY})",
+            "pick a new output_dir, or pass --overwrite_output_dir true to train again",
         )
     done = completed_checkpoints(output_dir)
     return str(done[-1]) if done else None
@@ -134,8 +121,8 @@ def output_lock(output_dir: str) -> Iterator[None]:
     except Timeout:
         pid = _recorded_pid(root)
         who = f"another run (pid {pid})" if pid is not None and _alive(pid) else "another run"
-        raise RecipeError(
-            Problem(str(root), f"{who} is writing to this output_dir", "wait for it, or choose another output_dir")
+        raise error(
+            str(root), f"{who} is writing to this output_dir", "wait for it, or choose another output_dir"
         ) from None
     try:
         (root / LOCK_HOLDER).write_text(f"{os.getpid()}\n")
@@ -200,9 +187,8 @@ def write_run_record(output_dir: str, resolved_recipe: dict[str, Any], summary: 
     out = Path(output_dir)
     header = f"# Resolved recipe of this run (sft-recipes {package_versions()['sft-recipes']}).\n"
     (out / RESOLVED_RECIPE).write_text(header + yaml.safe_dump(resolved_recipe, sort_keys=True))
-    summary = {**summary, "versions": package_versions()}
     temporary = out / f"{SUMMARY}.partial"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    temporary.write_text(json.dumps({**summary, "versions": package_versions()}, indent=2) + "\n")
     os.replace(temporary, out / SUMMARY)  # whole or absent: its presence means "finished"
 
 

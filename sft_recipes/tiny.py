@@ -95,12 +95,6 @@ def _corpus() -> list[str]:
     return lines
 
 
-_QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-
-
 @functools.lru_cache(maxsize=4)
 def _trained_tokenizer_json(vocab_size: int) -> str:
     # Training takes ~1 s; every tiny model shares it, so train once per process.
@@ -113,20 +107,19 @@ def train_byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_siz
 
     # Qwen2's normalizer and pre-tokenizer: AutoTokenizer rebuilds a qwen2 checkpoint's tokenizer with
     # Qwen2Tokenizer, which hard-codes them, so any other choice would tokenize differently after a reload.
+    qwen2_split = (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+        r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    )
+    split = pre_tokenizers.Split(Regex(qwen2_split), behavior="isolated", invert=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet, show_progress=False
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer.to_str()
@@ -151,11 +144,8 @@ def build_tokenizer(
     extra_special_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Qwen-like ChatML special tokens, saved to `out_dir` when given.
-
-    Variants for tests: `pad_token=None` (no pad token), `chat_template=False` (a base model without template),
-    `eos_token="<|endoftext|>"` (a base model whose eos differs from the chat end-of-turn), a template string.
-    `extra_special_tokens` maps attribute names to new tokens (e.g. {"image_token": "<image>"}).
-    """
+    `chat_template`: True for the shipped ChatML, False for none (a base model), or a template string.
+    `extra_special_tokens` maps attribute names to new tokens (e.g. {"image_token": "<image>"})."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -176,9 +166,11 @@ def build_tokenizer(
     return tokenizer
 
 
-def _text_config_kwargs(tokenizer: Any, hidden_size: int, num_layers: int, max_position_embeddings: int) -> dict:
+def _text_config(family: str, tokenizer: Any, hidden_size: int, num_layers: int, max_position_embeddings: int) -> Any:
+    from transformers import AutoConfig
+
     heads = 4
-    return {
+    kwargs: dict[str, Any] = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
@@ -191,13 +183,23 @@ def _text_config_kwargs(tokenizer: Any, hidden_size: int, num_layers: int, max_p
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if family == "gemma3_text":
+        kwargs["layer_types"] = (["sliding_attention", "full_attention"] * num_layers)[:num_layers]
+    return AutoConfig.for_model(family, **kwargs)
 
 
-def _set_generation_ids(model: Any, tokenizer: Any) -> None:
+def _save_random(model_class: Any, config: Any, seed: int, tokenizer: Any, processor: Any, out: str | Path) -> Path:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class.from_config(config)
     # A pad id inside the eos set makes generate() stop on padding; keep them distinct (eos = end of turn only).
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
 
 
 def build_causal_lm(
@@ -210,64 +212,35 @@ def build_causal_lm(
     seed: int = 0,
 ) -> Path:
     """Build a randomly initialised causal LM of `family` (see CAUSAL_FAMILIES), save it with its tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if family not in CAUSAL_FAMILIES:
         raise error("family", f"unknown causal LM family {family!r}", f"use one of {', '.join(CAUSAL_FAMILIES)}")
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    kwargs = _text_config_kwargs(tokenizer, hidden_size, num_layers, max_position_embeddings)
-    if family == "gemma3_text":
-        kwargs["layer_types"] = ["sliding_attention", "full_attention"] * (num_layers // 2) + (
-            ["sliding_attention"] * (num_layers % 2)
-        )
-    config = AutoConfig.for_model(family, **kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    _set_generation_ids(model, tokenizer)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _tiny_vision_kwargs() -> dict:
-    return {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    config = _text_config(family, tokenizer, hidden_size, num_layers, max_position_embeddings)
+    return _save_random(AutoModelForCausalLM, config, seed, tokenizer, tokenizer, out_dir)
 
 
 def build_vlm(
     family: str, out_dir: str | Path, seed: int = 0, tokenizer: Any = None, chat_template: str | None = None
 ) -> Path:
     """Build a tiny VLM of `family` (see VLM_FAMILIES) with its processor; reloads with AutoModelForImageTextToText.
-
-    `tokenizer` (with the image tokens the family's processor needs) and `chat_template` replace the ChatML
-    defaults, e.g. to carry a real model's special tokens and template."""
-    import torch
+    `tokenizer` (with the image tokens its processor needs) and `chat_template` replace the ChatML defaults."""
     from transformers import AutoModelForImageTextToText
 
     if family not in VLM_FAMILIES:
         raise error("family", f"unknown VLM family {family!r}", f"use one of {', '.join(VLM_FAMILIES)}")
-    processor, config = _VLM_BUILDERS[family](tokenizer, chat_template)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-    _set_generation_ids(model, processor.tokenizer)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    processor, config = _VLM_PARTS[family](tokenizer, chat_template)
+    return _save_random(AutoModelForImageTextToText, config, seed, processor.tokenizer, processor, out_dir)
 
 
-def _llava(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+_TINY_VISION: dict[str, Any] = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
+
+
+def _llava(tokenizer: Any, chat_template: str | None) -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaProcessor
 
     tokenizer = tokenizer or build_tokenizer(extra_special_tokens={"image_token": "<image>"})
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -281,8 +254,8 @@ def _llava(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any
         chat_template=chat_template or chatml_template(),
     )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**_tiny_vision_kwargs(), projection_dim=16),
-        text_config=LlamaConfig(**_text_config_kwargs(tokenizer, 16, 2, 512)),
+        vision_config=CLIPVisionConfig(**_TINY_VISION, projection_dim=16),
+        text_config=_text_config("llama", tokenizer, 16, 2, 512),
         image_token_index=tokenizer.image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -291,14 +264,8 @@ def _llava(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any
     return processor, config
 
 
-def _idefics3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
-    from transformers import (
-        Idefics3Config,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        Idefics3VisionConfig,
-        LlamaConfig,
-    )
+def _idefics3(tokenizer: Any, chat_template: str | None) -> tuple[Any, Any]:
+    from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor, Idefics3VisionConfig
 
     # Idefics3Processor hard-codes these strings; without them in the vocab it would add them after the model is built.
     extra = {
@@ -320,39 +287,30 @@ def _idefics3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[
         chat_template=chat_template or chatml_template(),
     )
     config = Idefics3Config(
-        vision_config=Idefics3VisionConfig(**_tiny_vision_kwargs()),
-        text_config=LlamaConfig(**_text_config_kwargs(tokenizer, 16, 2, 512)),
+        vision_config=Idefics3VisionConfig(**_TINY_VISION),
+        text_config=_text_config("llama", tokenizer, 16, 2, 512),
         image_token_id=tokenizer.image_token_id,
         scale_factor=scale_factor,
     )
     return processor, config
 
 
-def _gemma3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
-    from transformers import (
-        Gemma3Config,
-        Gemma3ImageProcessorPil,
-        Gemma3Processor,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
+def _gemma3(tokenizer: Any, chat_template: str | None) -> tuple[Any, Any]:
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor, SiglipVisionConfig
 
     extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     tokenizer = tokenizer or build_tokenizer(extra_special_tokens=extra)
-    image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
     # 4x4 patches average-pooled to 2x2 = 4 soft tokens per image.
     mm_tokens_per_image = 4
     processor = Gemma3Processor(
-        image_processor=image_processor,
+        image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
         tokenizer=tokenizer,
         image_seq_length=mm_tokens_per_image,
         chat_template=chat_template or chatml_template(image_placeholder=extra["boi_token"]),
     )
-    text_kwargs = _text_config_kwargs(tokenizer, 16, 2, 512)
-    text_kwargs["layer_types"] = ["sliding_attention", "full_attention"]
     config = Gemma3Config(
-        text_config=Gemma3TextConfig(**text_kwargs),
-        vision_config=SiglipVisionConfig(**_tiny_vision_kwargs()),
+        text_config=_text_config("gemma3_text", tokenizer, 16, 2, 512),
+        vision_config=SiglipVisionConfig(**_TINY_VISION),
         mm_tokens_per_image=mm_tokens_per_image,
         boi_token_index=tokenizer.boi_token_id,
         eoi_token_index=tokenizer.eoi_token_id,
@@ -361,7 +319,7 @@ def _gemma3(tokenizer: Any = None, chat_template: str | None = None) -> tuple[An
     return processor, config
 
 
-_VLM_BUILDERS = {"llava": _llava, "idefics3": _idefics3, "gemma3": _gemma3}
+_VLM_PARTS = {"llava": _llava, "idefics3": _idefics3, "gemma3": _gemma3}
 
 
 def demo_rows(n: int = 480, seed: int = 0) -> list[dict]:
@@ -372,15 +330,9 @@ def demo_rows(n: int = 480, seed: int = 0) -> list[dict]:
     while len(rows) < n:
         rng.shuffle(pairs)
         for country, question in pairs[: n - len(rows)]:
+            user = {"role": "user", "content": question.format(country=country)}
             answer = ANSWER_TEMPLATE.format(country=country, city=CAPITALS[country])
-            rows.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": question.format(country=country)},
-                        {"role": "assistant", "content": answer},
-                    ]
-                }
-            )
+            rows.append({"messages": [user, {"role": "assistant", "content": answer}]})
     return rows
 
 
@@ -388,7 +340,5 @@ def write_demo_dataset(path: str | Path, n: int = 480, seed: int = 0) -> Path:
     """Write the demo task as JSONL (`messages` rows) to `path` and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in demo_rows(n, seed):
-            f.write(json.dumps(row) + "\n")
+    path.write_text("".join(json.dumps(row) + "\n" for row in demo_rows(n, seed)), encoding="utf-8")
     return path

@@ -1,7 +1,6 @@
 """Fine-tune a model from a recipe: parse, check, load, train with trl.SFTTrainer, save.
 
-Usage: sft-recipes train --config recipes/<model>/<method>.yaml [--key value ...] [--accelerate_config zero3]
-"""
+Usage: sft-recipes train --config recipes/<model>/<method>.yaml [--key value ...] [--accelerate_config zero3]"""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,9 @@ def main(argv: list[str]) -> int:
 
 
 def end_process_group() -> None:
-    """Destroy the process group (gloo/NCCL) while the interpreter is still whole, on every way out of a run.
-
-    Left to interpreter exit, a gloo worker thread can still hold a tensor with a Python reference; freeing it
-    needs the GIL after finalization began, and the rank aborts after training finished ("terminate called
-    without an active exception", exit -6). See pytorch/pytorch#179291."""
-    import sys
-
+    """Destroy the process group (gloo/NCCL) on every way out of a run, while the interpreter is still whole: at exit,
+    a gloo thread freeing a tensor needs the GIL after finalization began, and the rank aborts after training finished
+    ("terminate called without an active exception", exit -6; pytorch/pytorch#179291)."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
@@ -62,6 +58,7 @@ def run(recipe: Any) -> Any:
     import transformers
     from trl import SFTTrainer
 
+    from sft_recipes.merge import merge_adapter
     from sft_recipes.model.kind import detect_model_kind
     from sft_recipes.model.loading import load_model, load_processing_class
     from sft_recipes.model.lora import build_lora_config
@@ -103,8 +100,6 @@ def run(recipe: Any) -> Any:
         if trainer.accelerator.is_main_process:
             finalize_output(output_dir, trainer, recipe, result, time.time() - started)
         if script_args.merge_adapter and model_args.use_peft and trainer.accelerator.is_main_process:
-            from sft_recipes.merge import merge_adapter
-
             merge_adapter(output_dir, os.path.join(output_dir, "merged"))
         trainer.accelerator.wait_for_everyone()
         if hasattr(trainer, "end"):
@@ -113,15 +108,13 @@ def run(recipe: Any) -> Any:
 
 
 def training_datasets(recipe: Any) -> tuple[Any, Any]:
-    """(train, eval) for SFTTrainer. With `prepared` (sft-recipes preprocess), that set, checked against the recipe:
-    every rank memory-maps it and none reads raw data or tokenizes. Else the raw data, which rank 0 loads and
-    converts first so that the other ranks read its datasets cache instead of converting in parallel."""
-    if recipe.script.prepared:
-        from sft_recipes.preprocess import prepared_datasets
-
-        return prepared_datasets(recipe)
+    """(train, eval) for SFTTrainer: the `prepared` set (checked against the recipe), which every rank memory-maps,
+    else the raw data, which rank 0 converts first so that the other ranks read its datasets cache."""
     from sft_recipes.data.loading import load_training_data
+    from sft_recipes.preprocess import prepared_datasets
 
+    if recipe.script.prepared:
+        return prepared_datasets(recipe)
     with recipe.training.main_process_first(desc="load and convert the dataset"):
         return load_training_data(recipe.script, recipe.mixture, recipe.training)
 
@@ -144,17 +137,22 @@ def plan_headroom() -> tuple[float, str]:
 
 
 def apply_fast_defaults(recipe: Any, config: dict[str, Any]) -> None:
-    """Give what the recipe leaves unset the fast value this machine allows, then log the memory plan's verdict.
-    A value in the recipe or on the command line always wins. Attention is chosen at load time
-    (sft_recipes.model.loading.best_attn_implementation); packing is a recipe key, set where
-    tests/contracts/test_packing.py proves packed == padded."""
+    """Give what the recipe leaves unset the fast value this machine allows (a value in the recipe or on the command
+    line always wins), then log the memory plan's verdict. Attention is chosen at load time (model.loading);
+    packing is a recipe key, set where tests/contracts/test_packing.py proves packed == padded."""
+    import torch
+
     from sft_recipes.plan.fixes import verdict_line
     from sft_recipes.plan.gpus import local_gpu_memory_gib
 
     training = recipe.training
     gpu_gib = None if training.use_cpu else local_gpu_memory_gib()
     if not _explicit(recipe, "dataset_num_proc"):
-        training.dataset_num_proc = recipe.raw["dataset_num_proc"] = default_dataset_num_proc()
+        # min(8, usable CPUs) tokenizers on a GPU machine, where a big data set would keep the GPUs waiting; one
+        # (None) on CPU, where small data sets pay more to start workers than they save and training needs the cores.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        procs = min(8, cpus) if torch.cuda.is_available() and cpus > 1 else None
+        training.dataset_num_proc = recipe.raw["dataset_num_proc"] = procs
     plan = memory_plan(recipe, config)
     if plan is not None and not _explicit(recipe, "activation_checkpointing", "gradient_checkpointing"):
         on, why = checkpointing_decision(plan, gpu_gib)
@@ -170,26 +168,14 @@ def _explicit(recipe: Any, *keys: str) -> bool:
     return any(k in recipe.explicit or f"no_{k}" in recipe.explicit for k in keys)
 
 
-def default_dataset_num_proc() -> int | None:
-    """Tokenizing processes: min(8, usable CPUs) on a GPU machine, where a big data set would keep the GPUs waiting;
-    one (None) on CPU, where small data sets pay more to start workers than they save and training needs the cores."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cpus) if cpus > 1 else None
-
-
 def memory_plan(recipe: Any, config: dict[str, Any]) -> Any:
     """sft_recipes.plan's estimate for this run as launched; None (with a warning) for a model it cannot model."""
     from sft_recipes.plan.command import plan_input_from_recipe
     from sft_recipes.plan.formula import estimate
     from sft_recipes.topology import Topology
 
-    topology = Topology.from_env(recipe.training)
     try:
-        return estimate(plan_input_from_recipe(recipe, config, topology))
+        return estimate(plan_input_from_recipe(recipe, config, Topology.from_env(recipe.training)))
     except (RecipeError, KeyError, TypeError, ValueError) as err:
         logger.warning("No memory plan for this model (%s): activation checkpointing stays as configured", err)
         return None
@@ -216,10 +202,11 @@ def checkpointing_decision(plan: Any, gpu_memory_gib: float | None) -> tuple[boo
 
 def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, seconds: float) -> None:
     """Make the saved model ready for inference and say how it was made: use_cache on, generation_config with every
-    EOS id and no pad among them, an adapter's base config where training changed it, the resolved recipe and a
-    run summary."""
+    EOS id and no pad among them, an adapter's base config where training changed it, the recipe, summary and card."""
     from transformers import GenerationConfig
 
+    from sft_recipes.card import write_model_card
+    from sft_recipes.model.loading import record_base_config
     from sft_recipes.run_dir import run_summary, write_run_record
 
     out = Path(output_dir)
@@ -238,12 +225,8 @@ def finalize_output(output_dir: str, trainer: Any, recipe: Any, result: Any, sec
     if recipe.raw.get("attn_implementation") in (None, "auto"):
         recipe.raw["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     if recipe.model.use_peft:
-        from sft_recipes.model.loading import record_base_config
-
         record_base_config(out, recipe.model, recipe.training)  # the adapter's base as trained (RoPE scaling)
     write_run_record(output_dir, recipe.raw, run_summary(trainer, result, seconds))
-    from sft_recipes.card import write_model_card
-
     write_model_card(out, trainer, recipe)  # last: the card reads the run summary written above
 
 
