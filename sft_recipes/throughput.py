@@ -110,9 +110,6 @@ class ThroughputCallback(TrainerCallback):
         self.peak_tflops = peak_tflops
         self.intervals: list[Interval] = []
         self._mark: float | None = None  # last step end or training log; None outside train()
-        self._last_tokens: float | None = None
-        self._flops_per_token: float | None = None
-        self._peak_flops: float | None = None
         self._warned = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

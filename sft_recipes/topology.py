@@ -10,14 +10,12 @@ from typing import Any
 
 from sft_recipes.errors import error
 
-MODES = ("single", "ddp", "zero2", "zero3", "fsdp2")
-
 
 @dataclass(frozen=True)
 class Topology:
-    """mode is one of MODES; offload: ZeRO-3 or FSDP keeps weights or optimizer states in host memory."""
+    """How a run is distributed; offload: ZeRO-3 or FSDP keeps weights or optimizer states in host memory."""
 
-    mode: str = "single"
+    mode: str = "single"  # single | ddp | zero2 | zero3 | fsdp2
     offload: bool = False
     num_processes: int = 1
     num_machines: int = 1
@@ -35,8 +33,7 @@ class Topology:
         return "zero3_offload" if self.mode == "zero3" and self.offload else self.mode
 
     def allows_device_map(self, device_map: Any) -> bool:
-        """Whether a model may load with this device_map: none when sharded; "auto", which spreads the layers of one
-        model over GPUs, only in a single process."""
+        """Whether a model may load with this device_map: none if sharded; "auto" (layers over GPUs) in one process."""
         if device_map is None:
             return True
         return not self.sharded and (device_map != "auto" or self.mode == "single")
@@ -70,8 +67,7 @@ class Topology:
 
     @classmethod
     def from_accelerate_config(cls, name_or_path: str, overrides: dict[str, str] | None = None) -> Topology:
-        """What a bundled accelerate config (by name) or a YAML file asks for, read with accelerate's own loader;
-        overrides are the launch flags (num_processes, num_machines) that win over the file."""
+        """A bundled accelerate config (by name) or a YAML file, read by accelerate's loader; launch flags override."""
         path = resolve_accelerate_config(name_or_path)
         config = _load_accelerate_config(path)
         kind = config.distributed_type

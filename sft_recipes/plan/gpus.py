@@ -56,6 +56,4 @@ def local_gpu_memory_gib() -> float | None:
     """Total memory of this machine's first CUDA GPU, None without one."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(0).total_memory / GiB
+    return torch.cuda.get_device_properties(0).total_memory / GiB if torch.cuda.is_available() else None

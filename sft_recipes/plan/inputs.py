@@ -69,9 +69,8 @@ def compute_bytes(inp: PlanInput) -> int:
 
 def weight_bytes_per(inp: PlanInput) -> int:
     """Bytes of an unquantized weight: the loaded dtype, but 2 under DeepSpeed with bf16/fp16 (fp32 master copy)."""
-    if inp.parallelism.startswith("zero") and inp.mixed_precision in ("bf16", "fp16"):
-        return 2
-    return DTYPE_BYTES[inp.dtype]
+    sixteen_bit = inp.parallelism.startswith("zero") and inp.mixed_precision in ("bf16", "fp16")
+    return 2 if sixteen_bit else DTYPE_BYTES[inp.dtype]
 
 
 def adapter_bytes(inp: PlanInput) -> int:
@@ -79,9 +78,7 @@ def adapter_bytes(inp: PlanInput) -> int:
     dtype under ZeRO-3 (trl#6089); DeepSpeed casts everything it trains to 16 bits."""
     if inp.method in ("qlora", "8bit-lora"):
         return 2
-    if inp.parallelism.startswith("zero"):
-        return weight_bytes_per(inp)
-    return 4
+    return weight_bytes_per(inp) if inp.parallelism.startswith("zero") else 4
 
 
 @dataclass(frozen=True)
@@ -259,8 +256,7 @@ def parameter_tensors(config: dict[str, Any]) -> list[Tensor]:
 
 
 def count_parameters(config: dict[str, Any]) -> dict[str, Any]:
-    """Parameter counts by part, exact for llama/mistral/qwen2/qwen3/gemma(2,3)/phi3 and their MoE cousins; the
-    vision tower of a VLM is an estimate. `exact` is False when anything was estimated."""
+    """Parameter counts by part; `exact` is False for a model_type not in _KNOWN_TYPES or a VLM's vision tower."""
     s = model_shape(config)
     tensors = parameter_tensors(config)
     parts: dict[str, int] = {}
