@@ -7,22 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sft_recipes.plan.gpus import GiB
-from sft_recipes.plan.inputs import (
-    PlanInput,
-    Shape,
-    Tensor,
-    adapter_bytes,
-    autocast,
-    check_input,
-    compute_bytes,
-    count_parameters,
-    layer_linears,
-    model_shape,
-    parameter_tensors,
-    resolve_targets,
-    vision_shape,
-    weight_bytes_per,
-)
+from sft_recipes.plan.inputs import PlanInput, Shape, Tensor, count_parameters, model_shape, parameter_tensors
 
 # bitsandbytes NF4 with nested quantization: 4-bit codes, an 8-bit absmax per 64 weights and an fp32 absmax per 256
 # of those (QLoRA paper section 3: 8/64 + 32/(64*256) = 0.127 bits of constants per weight).
@@ -58,11 +43,11 @@ def activation_bytes(inp: PlanInput) -> ActivationBytes:
     s = model_shape(inp.config)
     h, f, d = s.hidden, s.intermediate, s.head_dim
     q, kv = s.heads * d, s.kv_heads * d
-    b, b_ad, full = compute_bytes(inp), adapter_bytes(inp), inp.method == "full"
-    adapted = set() if full else set(resolve_targets(s, inp.lora_targets)[0])
+    b, b_ad, full = inp.compute_bytes, inp.adapter_bytes, inp.method == "full"
+    adapted = set() if full else set(s.resolve_targets(inp.lora_targets)[0])
     dropout = inp.lora_dropout > 0
     # Under autocast lora_A computes (and keeps its input) in the compute dtype, whatever the adapter's dtype
-    b_lora = b if autocast(inp) else b_ad
+    b_lora = b if inp.autocast else b_ad
     mask_bytes = b_lora if inp.device == "cpu" else 1  # CPU dropout keeps a float noise tensor, CUDA a bool mask
     base_saves_input = full or inp.method == "8bit-lora"  # bnb int8 matmul keeps its input; NF4 does not
     eager = inp.attn_implementation == "eager"
@@ -84,7 +69,7 @@ def activation_bytes(inp: PlanInput) -> ActivationBytes:
         mlp = int(moe_share * mlp + (1 - moe_share) * 4 * s.intermediate * b)
     else:
         mlp = (2 if inp.liger else 3) * f * b  # gate out (for SiLU), SiLU out and up out (for the product)
-    # Inputs of the projections, grouped by the tensor they read; module names as in layer_linears
+    # Inputs of the projections, grouped by the tensor they read; module names as in Shape.linears
     qkv = ["qkv_proj"] if s.fused_projections else ["q_proj", "k_proj", "v_proj"]
     gate_up = ["gate_up_proj"] if s.fused_projections else ["gate_proj", "up_proj"]
     groups = [(h, qkv, False), (q, ["o_proj"], not eager), (h, gate_up, False), (f, ["down_proj"], False)]
@@ -122,7 +107,7 @@ def activation_bytes(inp: PlanInput) -> ActivationBytes:
 
 def saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: ActivationBytes) -> tuple[int, str]:
     """Everything the decoder (and a VLM's vision tower) keeps for backward at the end of the forward."""
-    N, L, b = inp.micro_batch_size * inp.seq_len, s.layers, compute_bytes(inp)
+    N, L, b = inp.micro_batch_size * inp.seq_len, s.layers, inp.compute_bytes
     full = inp.method == "full"
     seq_terms = acts.per_layer_seq * inp.seq_len
     rope = 2 * inp.seq_len * s.head_dim * b  # cos and sin, shared by the layers that keep their activations
@@ -136,13 +121,13 @@ def saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: Act
     else:
         total = (acts.first_layer + (L - 1) * acts.layer + L * seq_terms) * N + rope
         note = f"{L} layers x {N} tokens x {(acts.layer + seq_terms) / 1024:.1f} KiB"
-    if inp.dtype == "float32" and autocast(inp):
+    if inp.dtype == "float32" and inp.autocast:
         # autocast's bf16 copies of the fp32 weights: cached for trainable ones, kept by backward for frozen ones
         linear_params = sum(t.numel for t in tensors if t.role == "linear")
         copies = 2 * (linear_params if full or not inp.gradient_checkpointing else linear_params // L)
         total += copies
         note += f"; {copies / GiB:.2f} GiB of bf16 weight copies made by autocast"
-    vision = vision_shape(inp.config)
+    vision = s.vision
     if vision and full:  # LoRA leaves the vision tower frozen (model.lora.resolve_lora_targets): it keeps nothing
         hv = vision.hidden
         per_token = 2 * (4 * hv + 4 + b * hv) + 4 * hv * b + 4 * vision.heads + 3 * vision.intermediate * b
@@ -156,7 +141,7 @@ def saved_activations(inp: PlanInput, s: Shape, tensors: list[Tensor], acts: Act
 def loss_head(inp: PlanInput, s: Shape) -> tuple[int, int, str]:
     """Scratch of the LM head + loss, forward and backward: TRL's chunked log-softmax tiles (or full logits)."""
     N, V, h = inp.micro_batch_size * inp.seq_len, s.vocab, s.hidden
-    b, wb = compute_bytes(inp), weight_bytes_per(inp)
+    b, wb = inp.compute_bytes, inp.weight_bytes
     n_tile = min(N, HEAD_TOKENS)
     if not inp.fused_loss:
         forward, backward = N * V * 4, N * V * (8 + b)
@@ -177,12 +162,12 @@ def loss_head(inp: PlanInput, s: Shape) -> tuple[int, int, str]:
 
 def layer_backward(inp: PlanInput, s: Shape, one_layer: int) -> int:
     """One layer's backward: gradients of its activations (+ the recomputed layer under checkpointing)."""
-    N, h, b = inp.micro_batch_size * inp.seq_len, s.hidden, compute_bytes(inp)
+    N, h, b = inp.micro_batch_size * inp.seq_len, s.hidden, inp.compute_bytes
     work = N * (3 * s.intermediate + 2 * h) * b
     if inp.attn_implementation == "eager":
         work += N * inp.seq_len * s.heads * (4 + 2 * b)
     if inp.method == "qlora":  # bitsandbytes dequantizes one weight at a time
-        work += 2 * max(fi * fo for fi, fo in layer_linears(s).values()) * b
+        work += 2 * max(fi * fo for fi, fo in s.linears.values()) * b
     elif inp.method == "8bit-lora":
         work += 3 * N * max(h, s.intermediate)  # fp16 copy and int8 codes of the input
     return work + (one_layer if inp.gradient_checkpointing else 0)
@@ -240,15 +225,15 @@ def _weight_bytes(inp: PlanInput, tensors: list[Tensor], total: int) -> tuple[in
     else:
         quant, how = 0, ""
     rest = f"; {quantized / 1e9:.2f}B linear in {how}, the rest in {inp.dtype}" if quantized else f" in {inp.dtype}"
-    return int(quant + (total - quantized) * weight_bytes_per(inp)), f"{total / 1e9:.2f}B params{rest}"
+    return int(quant + (total - quantized) * inp.weight_bytes), f"{total / 1e9:.2f}B params{rest}"
 
 
 def _trainable_tensors(inp: PlanInput, s: Shape, tensors: list[Tensor]) -> tuple[list[Tensor], list[str]]:
     """All parameters (full) or the LoRA matrices of every layer, and warnings about unmatched targets."""
     if inp.method == "full":
         return tensors, []
-    names, unmatched = resolve_targets(s, inp.lora_targets)
-    shapes = layer_linears(s)
+    names, unmatched = s.resolve_targets(inp.lora_targets)
+    shapes = s.linears
     lora = [Tensor(f"lora_A.{n}", (inp.lora_r, shapes[n][0]), s.layers, "lora") for n in names]
     lora += [Tensor(f"lora_B.{n}", (shapes[n][1], inp.lora_r), s.layers, "lora") for n in names]
     return lora, [f"LoRA targets {unmatched} match no linear layer of {s.model_type}"] if unmatched else []
@@ -323,12 +308,12 @@ def _training_state(
     inp: PlanInput, s: Shape, tensors: list[Tensor], total: int, notes: dict[str, str], warnings: list[str]
 ) -> tuple[_Memory, list[Tensor]]:
     """Weights, adapters, gradients and optimizer states of one unsharded process, and the trainable tensors."""
-    wb, full, deepspeed = weight_bytes_per(inp), inp.method == "full", inp.parallelism.startswith("zero")
+    wb, full, deepspeed = inp.weight_bytes, inp.method == "full", inp.parallelism.startswith("zero")
     weights, notes["weights"] = _weight_bytes(inp, tensors, total)
     trainable, unmatched = _trainable_tensors(inp, s, tensors)
     warnings += unmatched
     n_trainable = sum(t.numel for t in trainable)
-    tb = wb if full else adapter_bytes(inp)
+    tb = wb if full else inp.adapter_bytes
     if inp.parallelism == "fsdp2" and inp.mixed_precision != "no" and inp.method != "qlora":
         # accelerate upcasts trainable parameters to fp32 before fully_shard (utils/fsdp_utils.py)
         weights += (n_trainable * (4 - wb)) if full else 0
@@ -358,14 +343,14 @@ def _batch_terms(inp: PlanInput, s: Shape, tensors: list[Tensor], notes: dict[st
 
 def _distribute(inp: PlanInput, s: Shape, m: _Memory, notes: dict[str, str]) -> None:
     """Shard, gather and offload as the parallelism does (ZeRO-2 gradients + optimizer, ZeRO-3/FSDP2 weights too)."""
-    deepspeed, wb, world = inp.parallelism.startswith("zero"), weight_bytes_per(inp), m.world
+    deepspeed, wb, world = inp.parallelism.startswith("zero"), inp.weight_bytes, m.world
     sharded = inp.parallelism in ("zero3", "zero3_offload", "fsdp2")
     m.shards = world if deepspeed or sharded else 1
     if sharded:
         m.weights, m.adapters = m.weights // world, m.adapters // world
-        layer_params = sum(fi * fo for fi, fo in layer_linears(s).values())
+        layer_params = sum(fi * fo for fi, fo in s.linears.values())
         # the layer at work and the next one prefetched, unsharded (or the embedding / LM head when at work)
-        gathered_bytes = compute_bytes(inp) if inp.parallelism == "fsdp2" else wb
+        gathered_bytes = inp.compute_bytes if inp.parallelism == "fsdp2" else wb
         m.gathered = max(2 * layer_params, s.vocab * s.hidden) * gathered_bytes
         if inp.parallelism == "fsdp2" and inp.method == "full":
             m.gathered += layer_params * m.trainable_bytes  # a layer's unsharded gradients before the reduce-scatter
@@ -387,7 +372,7 @@ def _peak(inp: PlanInput, s: Shape, m: _Memory, batch: dict[str, int]) -> tuple[
     g_head = vh * m.trainable_bytes // m.shards if full else 0
     g_fwd = m.grads if inp.gradient_accumulation_steps > 1 else 0
     fixed = m.gathered + m.comm
-    tied_head = vh * weight_bytes_per(inp) if full and s.tied else 0
+    tied_head = vh * inp.weight_bytes if full and s.tied else 0
     acts, layer_work = batch["activations"], batch["layer backward"]
     phases = {
         "forward (LM head)": (g_fwd, acts, batch["loss head forward"], fixed),
@@ -433,7 +418,7 @@ def _describe(inp: PlanInput, s: Shape, m: _Memory, trainable: list[Tensor], liv
 
 def estimate(inp: PlanInput) -> Plan:
     """Peak memory per GPU of one training process; plan.md derives every term and gives its source."""
-    check_input(inp)
+    inp.check()
     s, tensors, counts = model_shape(inp.config), parameter_tensors(inp.config), count_parameters(inp.config)
     notes: dict[str, str] = {}
     warnings = [counts["note"]] if counts["note"] else []
@@ -444,7 +429,7 @@ def estimate(inp: PlanInput) -> Plan:
     breakdown = _breakdown(inp, memory, live)
     notes |= _describe(inp, s, memory, trainable, breakdown["gradients"])
     notes["working memory"] = f"peak moment: {phase}"
-    if s.experts or vision_shape(inp.config):
+    if s.experts or s.vision:
         warnings.append("activations of MoE layers and vision towers are estimates")
     components = _persistent(memory) | {"gradients": memory.grads} | batch | {"optimizer step": memory.opt_temp}
     return Plan(inp, breakdown, notes, components, phase, counts, memory.n_trainable, memory.cpu_bytes, warnings)

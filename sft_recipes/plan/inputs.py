@@ -16,7 +16,7 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 @dataclass
 class PlanInput:
-    """A training run as the memory model sees it; `config` is the model's config.json."""
+    """A training run as the memory model sees it, and its dtypes' sizes; `config` is the model's config.json."""
 
     config: dict[str, Any]
     method: str = "lora"  # full | lora | qlora | 8bit-lora
@@ -42,43 +42,55 @@ class PlanInput:
     images_per_sample: int = 1
     device: str = "cuda"  # "cpu": the calibration mode (no CUDA context, torch fallbacks)
 
+    def check(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(Problem("method", f"unknown method {self.method!r}", f"one of {', '.join(METHODS)}"))
+        if self.parallelism not in PARALLELISMS:
+            fix = f"one of {', '.join(PARALLELISMS)}"
+            problems.append(Problem("parallelism", f"unknown {self.parallelism!r}", fix))
+        if self.dtype not in DTYPE_BYTES:
+            problems.append(Problem("dtype", f"unknown dtype {self.dtype!r}", "bfloat16, float16 or float32"))
+        if self.micro_batch_size < 1 or self.seq_len < 1 or self.world_size < 1:
+            problems.append(Problem("per_device_train_batch_size", "batch size, length and world size must be >= 1"))
+        if problems:
+            raise RecipeError(problems)
 
-def check_input(inp: PlanInput) -> None:
-    problems = []
-    if inp.method not in METHODS:
-        problems.append(Problem("method", f"unknown method {inp.method!r}", f"one of {', '.join(METHODS)}"))
-    if inp.parallelism not in PARALLELISMS:
-        problems.append(Problem("parallelism", f"unknown {inp.parallelism!r}", f"one of {', '.join(PARALLELISMS)}"))
-    if inp.dtype not in DTYPE_BYTES:
-        problems.append(Problem("dtype", f"unknown dtype {inp.dtype!r}", "bfloat16, float16 or float32"))
-    if inp.micro_batch_size < 1 or inp.seq_len < 1 or inp.world_size < 1:
-        problems.append(Problem("per_device_train_batch_size", "batch size, length and world size must be >= 1"))
-    if problems:
-        raise RecipeError(problems)
+    @property
+    def autocast(self) -> bool:
+        """Trainer runs the forward under torch.autocast with bf16/fp16 on (accelerate's mixed precision)."""
+        return self.device != "cpu" and self.mixed_precision in ("bf16", "fp16")
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per element of activations: the weights' dtype, or 2 under bf16/fp16 autocast of fp32 weights."""
+        return 2 if self.autocast else DTYPE_BYTES[self.dtype]  # the bnb compute dtype follows the precision too
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of an unquantized weight: the loaded dtype, but 2 under DeepSpeed with bf16/fp16 (fp32 master)."""
+        sixteen_bit = self.parallelism.startswith("zero") and self.mixed_precision in ("bf16", "fp16")
+        return 2 if sixteen_bit else DTYPE_BYTES[self.dtype]
+
+    @property
+    def adapter_bytes(self) -> int:
+        """LoRA adapters: PEFT upcasts them to fp32; TRL casts them to bf16 on quantized models and keeps the base
+        dtype under ZeRO-3 (trl#6089); DeepSpeed casts everything it trains to 16 bits."""
+        if self.method in ("qlora", "8bit-lora"):
+            return 2
+        return self.weight_bytes if self.parallelism.startswith("zero") else 4
 
 
-def autocast(inp: PlanInput) -> bool:
-    """Trainer runs the forward under torch.autocast with bf16/fp16 on (accelerate's mixed precision)."""
-    return inp.device != "cpu" and inp.mixed_precision in ("bf16", "fp16")
+@dataclass(frozen=True)
+class VisionShape:
+    """A ViT-style vision tower, estimated from vision_config (LayerNorm, biases, gelu MLP)."""
 
-
-def compute_bytes(inp: PlanInput) -> int:
-    """Bytes per element of activations: the weights' dtype, or 2 under bf16/fp16 autocast of fp32 weights."""
-    return 2 if autocast(inp) else DTYPE_BYTES[inp.dtype]  # the bnb compute dtype follows the precision too
-
-
-def weight_bytes_per(inp: PlanInput) -> int:
-    """Bytes of an unquantized weight: the loaded dtype, but 2 under DeepSpeed with bf16/fp16 (fp32 master copy)."""
-    sixteen_bit = inp.parallelism.startswith("zero") and inp.mixed_precision in ("bf16", "fp16")
-    return 2 if sixteen_bit else DTYPE_BYTES[inp.dtype]
-
-
-def adapter_bytes(inp: PlanInput) -> int:
-    """LoRA adapters: PEFT upcasts them to fp32; TRL casts them to bf16 on quantized models and keeps the base
-    dtype under ZeRO-3 (trl#6089); DeepSpeed casts everything it trains to 16 bits."""
-    if inp.method in ("qlora", "8bit-lora"):
-        return 2
-    return weight_bytes_per(inp) if inp.parallelism.startswith("zero") else 4
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    patches: int  # patches of one image
+    patch_size: int
 
 
 @dataclass(frozen=True)
@@ -108,18 +120,29 @@ class Shape:
     moe_layers: int = 0
     softcap: bool = False  # gemma2's tanh soft-capping of attention scores (eager attention)
     known: bool = True
+    vision: VisionShape | None = None  # a VLM's vision tower
 
+    @property
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each dense nn.Linear of one decoder layer, by module name."""
+        q, kv, h, f = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        if self.fused_projections:
+            return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * f), "down_proj": (f, h)}
+        attention = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
+        if self.experts:
+            return attention  # expert weights are 3-D parameters, not nn.Linear: LoRA and bitsandbytes skip them
+        return {**attention, "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
 
-@dataclass(frozen=True)
-class VisionShape:
-    """A ViT-style vision tower, estimated from vision_config (LayerNorm, biases, gelu MLP)."""
+    def resolve_targets(self, targets: str | tuple[str, ...] | list[str] | None) -> tuple[list[str], list[str]]:
+        """(module names of one decoder layer that LoRA adapts, requested names that match nothing)."""
+        linears = self.linears
+        if targets is None or targets == "all-linear" or (not isinstance(targets, str) and "all-linear" in targets):
+            return list(linears), []
+        if isinstance(targets, str):  # a regex (VLM default): the language model's projections it names
+            import re
 
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    patches: int  # patches of one image
-    patch_size: int
+            return [n for n in linears if re.search(targets, f"model.language_model.layers.0.self_attn.{n}")], []
+        return [t for t in linears if t in targets], [t for t in targets if t not in linears]
 
 
 _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text"}
@@ -166,6 +189,7 @@ def model_shape(config: dict[str, Any]) -> Shape:
         shared_intermediate=text.get("shared_expert_intermediate_size") or 0,
         moe_layers=moe_layers,
         known=model_type in _KNOWN_TYPES,
+        vision=vision_shape(config),
     )
 
 
@@ -183,17 +207,6 @@ def vision_shape(config: dict[str, Any]) -> VisionShape | None:
         patches=side * side,
         patch_size=patch,
     )
-
-
-def layer_linears(s: Shape) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each dense nn.Linear of one decoder layer, by module name."""
-    q, kv, h, f = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.hidden, s.intermediate
-    if s.fused_projections:
-        return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * f), "down_proj": (f, h)}
-    attention = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
-    if s.experts:
-        return attention  # expert weights are 3-D parameters, not nn.Linear: LoRA and bitsandbytes skip them
-    return {**attention, "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
 
 
 @dataclass(frozen=True)
@@ -220,7 +233,7 @@ def parameter_tensors(config: dict[str, Any]) -> list[Tensor]:
     s = model_shape(config)
     h, L = s.hidden, s.layers
     out = [Tensor("embed_tokens", (s.vocab, h), 1, "embedding")]
-    for name, (fan_in, fan_out) in layer_linears(s).items():
+    for name, (fan_in, fan_out) in s.linears.items():
         out.append(Tensor(name, (fan_out, fan_in), L, "linear"))
         if (name in ("q_proj", "k_proj", "v_proj", "qkv_proj") and s.qkv_bias) or (name == "o_proj" and s.o_bias):
             out.append(Tensor(f"{name}.bias", (fan_out,), L, "bias"))
@@ -242,8 +255,7 @@ def parameter_tensors(config: dict[str, Any]) -> list[Tensor]:
     out.append(Tensor("norm", (h,), 1, "norm"))
     if not s.tied:
         out.append(Tensor("lm_head", (s.vocab, h), 1, "lm_head"))
-    v = vision_shape(config)
-    if v:
+    if v := s.vision:
         hv, iv = v.hidden, v.intermediate
         out += [
             Tensor("vision.attention", (4 * hv, hv), v.layers, "vision"),
@@ -274,20 +286,7 @@ def count_parameters(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def resolve_targets(s: Shape, targets: str | tuple[str, ...] | list[str] | None) -> tuple[list[str], list[str]]:
-    """(module names of one decoder layer that LoRA adapts, requested names that match nothing)."""
-    linears = layer_linears(s)
-    if targets is None or targets == "all-linear" or (not isinstance(targets, str) and "all-linear" in targets):
-        return list(linears), []
-    if isinstance(targets, str):  # a regex (VLM default): the language model's projections it names
-        import re
-
-        return [n for n in linears if re.search(targets, f"model.language_model.layers.0.self_attn.{n}")], []
-    return [t for t in linears if t in targets], [t for t in targets if t not in linears]
-
-
 def lora_parameters(config: dict[str, Any], targets: str | tuple[str, ...] | list[str] | None, r: int) -> int:
     """Sum over adapted linears in all layers of r * (in + out) (A is r x in, B is out x r)."""
     s = model_shape(config)
-    linears = layer_linears(s)
-    return r * s.layers * sum(sum(linears[name]) for name in resolve_targets(s, targets)[0])
+    return r * s.layers * sum(sum(s.linears[name]) for name in s.resolve_targets(targets)[0])
