@@ -36,9 +36,8 @@ def has_package(name: str) -> bool:
 def require_extra(module: str, extra: str, feature: str) -> None:
     """Raise a RecipeError saying which extra to install when optional `module` is missing."""
     if not has_package(module):
-        raise error(
-            feature, f"{feature} needs {module}, which is not installed", f"pip install 'sft-recipes[{extra}]'"
-        )
+        fix = f"pip install 'sft-recipes[{extra}]'"
+        raise error(feature, f"{feature} needs {module}, which is not installed", fix)
 
 
 def _version(distribution: str) -> str | None:
@@ -72,9 +71,7 @@ def _cuda() -> dict[str, Any]:
     for props in map(torch.cuda.get_device_properties, range(torch.cuda.device_count())):
         memory_gib, capability = round(props.total_memory / 2**30, 1), f"{props.major}.{props.minor}"
         info["devices"].append({"name": props.name, "memory_gib": memory_gib, "compute_capability": capability})
-    info["bf16"] = torch.cuda.is_bf16_supported()
-    info["flash_attn_usable"] = _flash_attn_usable(torch)
-    return info
+    return info | {"bf16": torch.cuda.is_bf16_supported(), "flash_attn_usable": _flash_attn_usable(torch)}
 
 
 def _flash_attn_usable(torch: Any) -> bool | str:

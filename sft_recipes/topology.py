@@ -44,8 +44,7 @@ class Topology:
         env = os.environ
         processes = int(env.get("WORLD_SIZE", "1"))
         per_machine = int(env.get("LOCAL_WORLD_SIZE", processes) or processes)
-        deepspeed = getattr(training_args, "deepspeed", None)
-        fsdp = getattr(training_args, "fsdp", None)
+        deepspeed, fsdp = getattr(training_args, "deepspeed", None), getattr(training_args, "fsdp", None)
         precision = recipe_precision(training_args)  # what TrainingArguments trains in, whatever accelerate exported
         offload = False
         if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
