@@ -240,9 +240,8 @@ def parameter_tensors(config: dict[str, Any]) -> list[Tensor]:
         if name in ("gate_proj", "up_proj", "down_proj") and s.mlp_bias:
             out.append(Tensor(f"{name}.bias", (fan_out,), L, "bias"))
     if s.experts:
-        dense = L - s.moe_layers
         fe = s.moe_intermediate
-        out += _mlp("", h, s.intermediate, dense)
+        out += _mlp("", h, s.intermediate, L - s.moe_layers)  # the dense layers' MLP
         out.append(Tensor("experts.gate_up_proj", (s.experts, 2 * fe, h), s.moe_layers, "expert"))
         out.append(Tensor("experts.down_proj", (s.experts, h, fe), s.moe_layers, "expert"))
         out.append(Tensor("router", (s.experts, h), s.moe_layers, "router"))
@@ -276,10 +275,9 @@ def count_parameters(config: dict[str, Any]) -> dict[str, Any]:
         part = {"norm": "norms", "vision_small": "vision"}.get(t.role, t.role)
         part = "layers" if t.role in ("linear", "bias", "expert", "router") else part
         parts[part] = parts.get(part, 0) + t.numel
-    total = sum(parts.values())
     return {
         **parts,
-        "total": total,
+        "total": sum(parts.values()),
         "quantizable": sum(t.numel for t in tensors if t.role in ("linear", "vision")),
         "exact": s.known and "vision" not in parts,
         "note": "" if s.known else f"model_type {s.model_type!r} sized as a llama-like decoder: an estimate",
