@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_recipes.errors import error
+from sft_recipes.resources import accelerate_config, accelerate_config_names
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,6 @@ def recipe_precision(training_args: Any) -> str:
 
 def resolve_accelerate_config(name_or_path: str) -> Path:
     """A shipped config by name (zero3, fsdp2, ...) or a path to one."""
-    from sft_recipes.resources import accelerate_config, accelerate_config_names
-
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         return path

@@ -12,6 +12,7 @@ from typing import Any
 
 from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
 from sft_recipes.errors import error
+from sft_recipes.model.kind import load_config_or_snapshot, resolve_dtype_name
 from sft_recipes.plan.fixes import max_micro_batch, suggestions, verdict_line
 from sft_recipes.plan.formula import estimate
 from sft_recipes.plan.gpus import KNOWN_GPUS, gpu_spec, local_gpu_memory_gib
@@ -32,8 +33,6 @@ def launched_topology(flags: dict[str, str]) -> Topology:
 
 def plan_input_from_recipe(recipe: Any, config: dict[str, Any], topology: Topology | None = None) -> PlanInput:
     """The PlanInput of a parsed Recipe and its model's config.json, as launched on `topology` (None: one process)."""
-    from sft_recipes.model.kind import resolve_dtype_name
-
     model, training, topology = recipe.model, recipe.training, topology or Topology()
     method = (
         "qlora" if model.load_in_4bit else "8bit-lora" if model.load_in_8bit else "lora" if model.use_peft else "full"
@@ -88,8 +87,7 @@ def print_report(data: dict[str, Any]) -> None:
     for warning in data["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False)
     console.print(data["verdict"], style="bold", markup=False)
-    if data["gpu_memory_gib"] is not None:
-        gib = data["gpu_memory_gib"]
+    if (gib := data["gpu_memory_gib"]) is not None:
         best = data["max_micro_batch"] or "none (1 does not fit)"
         console.print(f"max per_device_train_batch_size on {gib:g} GiB: {best}", markup=False)
         for fix in data["suggestions"][1:]:
@@ -118,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from sft_recipes.config import parse_recipe
-    from sft_recipes.model.kind import load_config_or_snapshot
 
     own, rest = parse_with_recipe(build_parser(), argv)
     gpu_memory = _gpu_memory_arg(own.gpu_memory) if own.gpu_memory else None
