@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,19 +17,10 @@ from sft_recipes.arguments import command_parser
 from sft_recipes.errors import error
 
 CORE = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
-# import name -> distribution name, for the extras of pyproject.toml and the integrations TRL can report to
-EXTRAS = {
-    "bitsandbytes": "bitsandbytes",
-    "deepspeed": "deepspeed",
-    "flash_attn": "flash-attn",
-    "liger_kernel": "liger-kernel",
-    "kernels": "kernels",
-    "PIL": "pillow",
-    "matplotlib": "matplotlib",
-    "tensorboard": "tensorboard",
-    "wandb": "wandb",
-    "trackio": "trackio",
-}
+# import name -> distribution name: the extras of pyproject.toml, then the integrations TRL can report to
+_RENAMED = {"flash_attn": "flash-attn", "liger_kernel": "liger-kernel", "PIL": "pillow"}
+_EXTRA_MODULES = ("bitsandbytes", "deepspeed", "flash_attn", "liger_kernel", "kernels", "PIL", "matplotlib")
+EXTRAS = {name: _RENAMED.get(name, name) for name in (*_EXTRA_MODULES, "tensorboard", "wandb", "trackio")}
 SETTINGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "CUDA_VISIBLE_DEVICES")
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")  # shown as set/unset, never by value
 
@@ -46,9 +36,8 @@ def has_package(name: str) -> bool:
 def require_extra(module: str, extra: str, feature: str) -> None:
     """Raise a RecipeError saying which extra to install when optional `module` is missing."""
     if not has_package(module):
-        raise error(
-            feature, f"{feature} needs {module}, which is not installed", f"pip install 'sft-recipes[{extra}]'"
-        )
+        fix = f"pip install 'sft-recipes[{extra}]'"
+        raise error(feature, f"{feature} needs {module}, which is not installed", fix)
 
 
 def _version(distribution: str) -> str | None:
@@ -79,18 +68,10 @@ def _cuda() -> dict[str, Any]:
     info: dict[str, Any] = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda, "devices": []}
     if not info["available"]:
         return info | {"flash_attn_usable": "no CUDA"}
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        info["devices"].append(
-            {
-                "name": props.name,
-                "memory_gib": round(props.total_memory / 2**30, 1),
-                "compute_capability": f"{props.major}.{props.minor}",
-            }
-        )
-    info["bf16"] = torch.cuda.is_bf16_supported()
-    info["flash_attn_usable"] = _flash_attn_usable(torch)
-    return info
+    for props in map(torch.cuda.get_device_properties, range(torch.cuda.device_count())):
+        memory_gib, capability = round(props.total_memory / 2**30, 1), f"{props.major}.{props.minor}"
+        info["devices"].append({"name": props.name, "memory_gib": memory_gib, "compute_capability": capability})
+    return info | {"bf16": torch.cuda.is_bf16_supported(), "flash_attn_usable": _flash_attn_usable(torch)}
 
 
 def _flash_attn_usable(torch: Any) -> bool | str:
@@ -122,7 +103,7 @@ def collect() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "ram_gib": _ram_gib(),
         "sft-recipes": _version("sft-recipes"),
-        "packages": {name: version for name, version in package_versions().items() if name != "sft-recipes"},
+        "packages": {name: _version(name) for name in CORE},
         "extras": {
             module: {"present": has_package(module), "version": _version(distribution)}
             for module, distribution in EXTRAS.items()
@@ -173,11 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    info = collect()
-    if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        print()
+    if build_parser().parse_args(argv).json:
+        print(json.dumps(collect(), indent=2))
     else:
-        print_table(info)
+        print_table(collect())
     return 0

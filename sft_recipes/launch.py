@@ -8,32 +8,26 @@ import subprocess
 import sys
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
 from sft_recipes.topology import Topology, recipe_precision
 
 LAUNCH_ENV = "SFT_RECIPES_LAUNCH"  # the topology flags as given, for the ranks' model card to name in its command
 
 
 def launch_command(command: str, flags: dict[str, str], rest: list[str]) -> list[str] | None:
-    """The `accelerate launch ... -m sft_recipes <command> REST` line, or None when no topology flag was given.
+    """The `accelerate launch ... -m sft_recipes <command> REST` line, or None when no topology flag was given."""
+    from sft_recipes.config import parse_recipe
 
-    --mixed_precision comes from the recipe (REST parsed as the ranks will parse it; `no` on CPU), so the accelerate
-    config's own mixed_precision can never disagree with the recipe's bf16/fp16: DeepSpeed refuses that."""
     flags = dict(flags)
     if not flags:
         return None
     if "accelerate_config" not in flags:
-        raise RecipeError(
-            Problem(
-                "--" + next(iter(flags)),
-                "launcher flags need --accelerate_config",
-                "add --accelerate_config single_gpu|multi_gpu|zero2|zero3|fsdp2|... or a path",
-            )
-        )
+        fix = "add --accelerate_config single_gpu|multi_gpu|zero2|zero3|fsdp2|... or a path"
+        raise error("--" + next(iter(flags)), "launcher flags need --accelerate_config", fix)
     topology = Topology.from_accelerate_config(flags.pop("accelerate_config"), flags)
     line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(topology.config_path)]
-    from sft_recipes.config import parse_recipe
-
+    # from the recipe (REST parsed as the ranks will), so that the accelerate config's own mixed_precision can never
+    # disagree with the recipe's bf16/fp16: DeepSpeed refuses that
     line += ["--mixed_precision", launch_precision(parse_recipe(rest).training)]
     for key, value in flags.items():
         line += [f"--{key}", value]

@@ -31,34 +31,22 @@ def _first(config: dict[str, Any], keys: tuple[str, ...]) -> int:
 def model_flops_per_token(
     config_dict: dict[str, Any], trainable_fraction: float = 1.0, seq_len: int | None = None
 ) -> float:
-    """Training FLOPs per token: (4 + 2·f)·N for the matmuls plus 12·L·d_attn·s for attention.
+    """Training FLOPs per token, (4 + 2·f)·N + 12·L·d_attn·s, counted as MFU (Kaplan et al. 2020 2.1, PaLM app. B).
 
-    N counts the matmul weights a token passes through: attention q/k/v/o (grouped KV heads included), the MLP
-    (gated or not; for MoE the `num_experts_per_tok` active experts plus any shared expert) and the LM head, tied or
-    not. Embedding lookups, norms and biases do no matmul and are left out (Kaplan et al. 2020, section 2.1).
-    A forward costs 2N; the backward costs 2N for the activation gradients, which flow through frozen layers too,
-    plus 2N·f for the weight gradients of the trainable fraction f: 6N for full fine-tuning, about 4N for
-    LoRA/QLoRA, whose adapters hold well under 1% of N (their own small FLOPs are ignored).
-    Attention adds 2·2·L·d_attn·s forward (QK^T and AV) and twice that backward: 12·L·d_attn·s with s the sequence
-    length (PaLM, appendix B). Like PaLM this counts full, non-causal attention and no activation recomputation, so
-    it is MFU, not hardware FLOPs utilization. A vision tower, if any, is not counted.
-    """
+    N: the matmul weights a token passes through (attention, MLP or the active experts, the LM head even if tied; no
+    embeddings, norms, biases or vision tower). Forward 2N; backward 2N for the activation gradients (frozen layers
+    too) + 2N·f for the weights of the trainable fraction f: 6N full, ~4N LoRA. Attention: full, non-causal QK^T and
+    AV over s tokens, no recomputation."""
     config = config_dict.get("text_config") or config_dict
-    hidden, layers = _first(config, _HIDDEN), _first(config, _LAYERS)
-    heads = _first(config, _HEADS)
+    hidden, layers, heads = _first(config, _HIDDEN), _first(config, _LAYERS), _first(config, _HEADS)
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or hidden // heads
     attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
-
     intermediate = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
-    matrices = 2 if config.get("model_type") in _UNGATED_MLP else 3
-    experts = config.get("num_experts_per_tok")
-    if experts:
-        expert_width = config.get("moe_intermediate_size") or intermediate
-        mlp = matrices * hidden * (experts * expert_width + (config.get("shared_expert_intermediate_size") or 0))
-    else:
-        mlp = matrices * hidden * intermediate
-
+    if experts := config.get("num_experts_per_tok"):  # the active experts, and the shared one if any
+        intermediate = experts * (config.get("moe_intermediate_size") or intermediate)
+        intermediate += config.get("shared_expert_intermediate_size") or 0
+    mlp = (2 if config.get("model_type") in _UNGATED_MLP else 3) * hidden * intermediate
     n_matmul = layers * (attention + mlp) + hidden * config["vocab_size"]
     flops = (4 + 2 * min(max(trainable_fraction, 0.0), 1.0)) * n_matmul
     if seq_len:
@@ -94,10 +82,8 @@ def device_peak_flops() -> float | None:
     """Dense bf16 peak FLOP/s of the current CUDA device, from the GPU table in sft_recipes.plan; None if unknown."""
     import torch
 
-    try:
-        from sft_recipes.plan.gpus import gpu_spec
-    except ImportError:  # the plan package is optional for telemetry: no table means no MFU, training goes on
-        return None
+    from sft_recipes.plan.gpus import gpu_spec
+
     spec = gpu_spec(torch.cuda.get_device_name())
     return spec.bf16_tflops * 1e12 if spec else None
 
@@ -114,27 +100,16 @@ class Interval:
 class ThroughputCallback(TrainerCallback):
     """Adds tokens_per_second, tokens_per_second_per_device, mfu and peak memory to every training log.
 
-    Tokens are the trainer's own count of real tokens: TRL's `num_tokens` log entry (the sum of `attention_mask`, or
-    the packed length of padding-free batches, gathered over all ranks in `SFTTrainer.compute_loss` from the exact
-    micro-batches trained on), else transformers' `num_input_tokens_seen` when
-    `include_num_input_tokens_seen="non_padding"`. Reusing that count rather than a forward hook avoids counting
-    eval forwards and the second forward TRL makes for label smoothing or a custom loss, and it is already global.
-    Seconds are the wall clock between two training logs less the time spent evaluating and saving, so
-    data loading and the optimizer step count but checkpoints do not. Each boundary follows a `.item()` the
-    Trainer does, so CUDA timings need no extra synchronization.
-
-    `mfu` is logged only on CUDA devices found in the GPU table (or given `peak_tflops`): it divides
-    model_flops_per_token (with the `max_length` of the run as sequence length) × tokens/s by the dense bf16 peak
-    of all devices. On CPU there is no meaningful peak, so no `mfu`, and memory is logged as `peak_rss_gib`.
-    """
+    Tokens: the trainer's own global count of real tokens trained (TRL's `num_tokens`, else transformers'
+    `num_input_tokens_seen` with include_num_input_tokens_seen="non_padding"), so eval forwards and TRL's second
+    forward do not count. Seconds: wall clock between two training logs less evaluating and saving; each boundary
+    follows a Trainer `.item()`, so CUDA needs no extra sync. `mfu` only on CUDA GPUs of the GPU table (or given
+    `peak_tflops`), against the dense bf16 peak of all devices; on CPU, memory is `peak_rss_gib`."""
 
     def __init__(self, peak_tflops: float | None = None):
         self.peak_tflops = peak_tflops
         self.intervals: list[Interval] = []
         self._mark: float | None = None  # last step end or training log; None outside train()
-        self._last_tokens: float | None = None
-        self._flops_per_token: float | None = None
-        self._peak_flops: float | None = None
         self._warned = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -156,17 +131,13 @@ class ThroughputCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._mark = time.perf_counter()
 
-    def _pause(self) -> None:
+    def on_evaluate(self, args, state, control, **kwargs):
         if self._mark is not None:  # evaluate() or save outside train() needs no accounting
             now = time.perf_counter()
             self._paused += now - self._mark
             self._mark = now
 
-    def on_evaluate(self, args, state, control, **kwargs):
-        self._pause()
-
-    def on_save(self, args, state, control, **kwargs):
-        self._pause()
+    on_save = on_evaluate
 
     def on_train_end(self, args, state, control, **kwargs):
         self._mark = None
@@ -211,11 +182,8 @@ class ThroughputCallback(TrainerCallback):
 
 
 def add_throughput_callback(trainer: Any, peak_tflops: float | None = None) -> ThroughputCallback:
-    """Put a ThroughputCallback first in `trainer`'s callbacks and return it.
-
-    Trainer runs `callbacks=[...]` after the reporting integrations (tensorboard, wandb, trackio), which would then
-    log before our metrics are added; first in line, every integration and the progress bar see them.
-    """
+    """Put a ThroughputCallback first in `trainer`'s callbacks, so the reporting integrations (which Trainer runs
+    before `callbacks=[...]`) and the progress bar see its metrics."""
     callback = ThroughputCallback(peak_tflops)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft_recipes.errors import Problem, RecipeError
-
-MODES = ("single", "ddp", "zero2", "zero3", "fsdp2")
+from sft_recipes.errors import error
+from sft_recipes.resources import accelerate_config, accelerate_config_names
 
 
 @dataclass(frozen=True)
 class Topology:
-    """mode is one of MODES; offload: ZeRO-3 or FSDP keeps weights or optimizer states in host memory."""
+    """How a run is distributed; offload: ZeRO-3 or FSDP keeps weights or optimizer states in host memory."""
 
-    mode: str = "single"
+    mode: str = "single"  # single | ddp | zero2 | zero3 | fsdp2
     offload: bool = False
     num_processes: int = 1
     num_machines: int = 1
@@ -35,8 +34,7 @@ class Topology:
         return "zero3_offload" if self.mode == "zero3" and self.offload else self.mode
 
     def allows_device_map(self, device_map: Any) -> bool:
-        """Whether a model may load with this device_map: none when sharded; "auto", which spreads the layers of one
-        model over GPUs, only in a single process."""
+        """Whether a model may load with this device_map: none if sharded; "auto" (layers over GPUs) in one process."""
         if device_map is None:
             return True
         return not self.sharded and (device_map != "auto" or self.mode == "single")
@@ -47,8 +45,7 @@ class Topology:
         env = os.environ
         processes = int(env.get("WORLD_SIZE", "1"))
         per_machine = int(env.get("LOCAL_WORLD_SIZE", processes) or processes)
-        deepspeed = getattr(training_args, "deepspeed", None)
-        fsdp = getattr(training_args, "fsdp", None)
+        deepspeed, fsdp = getattr(training_args, "deepspeed", None), getattr(training_args, "fsdp", None)
         precision = recipe_precision(training_args)  # what TrainingArguments trains in, whatever accelerate exported
         offload = False
         if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or deepspeed is not None:
@@ -64,18 +61,13 @@ class Topology:
             offload = env.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true" or "offload" in str(fsdp or "")
         else:
             mode = "ddp" if processes > 1 else "single"
-        return cls(
-            mode=mode,
-            offload=offload,
-            num_processes=processes,
-            num_machines=max(1, processes // max(per_machine, 1)),
-            mixed_precision=env.get("ACCELERATE_MIXED_PRECISION", "no") if training_args is None else precision,
-        )
+        machines = max(1, processes // max(per_machine, 1))
+        mixed = env.get("ACCELERATE_MIXED_PRECISION", "no") if training_args is None else precision
+        return cls(mode, offload, processes, machines, mixed)
 
     @classmethod
     def from_accelerate_config(cls, name_or_path: str, overrides: dict[str, str] | None = None) -> Topology:
-        """What a bundled accelerate config (by name) or a YAML file asks for, read with accelerate's own loader;
-        overrides are the launch flags (num_processes, num_machines) that win over the file."""
+        """A bundled accelerate config (by name) or a YAML file, read by accelerate's loader; launch flags override."""
         path = resolve_accelerate_config(name_or_path)
         config = _load_accelerate_config(path)
         kind = config.distributed_type
@@ -99,41 +91,27 @@ class Topology:
         elif kind.startswith("MULTI_"):
             mode = "ddp"
         else:
-            raise RecipeError(
-                Problem(
-                    f"{path} (distributed_type)",
-                    f"unsupported distributed_type {kind!r}",
-                    "NO, MULTI_GPU, DEEPSPEED or FSDP",
-                )
-            )
+            fix = "NO, MULTI_GPU, DEEPSPEED or FSDP"
+            raise error(f"{path} (distributed_type)", f"unsupported distributed_type {kind!r}", fix)
         mixed = config.mixed_precision
         return cls(mode, offload, processes, machines, "no" if mixed in (None, False) else str(mixed), str(path))
 
 
 def recipe_precision(training_args: Any) -> str:
     """The precision a recipe trains in, as accelerate names it: bf16, fp16 or no."""
-    return (
-        "bf16" if getattr(training_args, "bf16", False) else "fp16" if getattr(training_args, "fp16", False) else "no"
-    )
+    return next((name for name in ("bf16", "fp16") if getattr(training_args, name, False)), "no")
 
 
 def resolve_accelerate_config(name_or_path: str) -> Path:
     """A shipped config by name (zero3, fsdp2, ...) or a path to one."""
-    from sft_recipes.resources import accelerate_config, accelerate_config_names
-
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         return path
     shipped = accelerate_config(name_or_path)
-    if shipped is not None:
-        return shipped
-    raise RecipeError(
-        Problem(
-            "--accelerate_config",
-            f"no accelerate config {name_or_path!r}",
-            f"use one of {accelerate_config_names()} or a path to a YAML file",
-        )
-    )
+    if shipped is None:
+        fix = f"use one of {accelerate_config_names()} or a path to a YAML file"
+        raise error("--accelerate_config", f"no accelerate config {name_or_path!r}", fix)
+    return shipped
 
 
 def _load_accelerate_config(path: Path) -> Any:
@@ -145,11 +123,9 @@ def _load_accelerate_config(path: Path) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML")) from None
+        raise error(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML") from None
     except (ValueError, TypeError, AttributeError) as err:
-        raise RecipeError(
-            Problem(str(path), f"not an accelerate config: {err}", "compare with `accelerate config`")
-        ) from None
+        raise error(str(path), f"not an accelerate config: {err}", "compare with `accelerate config`") from None
 
 
 def _deepspeed_json(source: str | dict[str, Any]) -> tuple[str | None, list[str | None]]:
@@ -161,6 +137,5 @@ def _deepspeed_json(source: str | dict[str, Any]) -> tuple[str | None, list[str 
 
 
 def _zero_mode(stage: object) -> str:
-    """ZeRO-1 counts as ZeRO-2 (DeepSpeed shards the optimizer states and keeps fp32 master weights; the weights stay
-    whole); stage 0 is plain data parallelism."""
+    # ZeRO-1 counts as ZeRO-2 (sharded optimizer states, fp32 master weights, whole weights); stage 0 is plain DDP
     return {"3": "zero3", "2": "zero2", "1": "zero2"}.get(str(stage), "ddp")

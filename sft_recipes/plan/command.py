@@ -1,7 +1,7 @@
 """Predict peak GPU memory per device for a recipe, from config.json alone; the formula is in plan.md.
 
 Usage: sft-recipes plan --config recipes/<model>/<method>.yaml [--accelerate_config zero3] [--num_processes N]
-       [--gpu-memory GiB] [--json] [--key value ...]
+       [--gpu-memory GiB|NAME] [--json] [--key value ...]
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 from typing import Any
 
 from sft_recipes.arguments import add_launch_flags, command_parser, launch_flags, parse_with_recipe
-from sft_recipes.errors import Problem, RecipeError
+from sft_recipes.errors import error
+from sft_recipes.model.kind import load_config_or_snapshot, resolve_dtype_name
 from sft_recipes.plan.fixes import max_micro_batch, suggestions, verdict_line
-from sft_recipes.plan.formula import Plan, estimate
+from sft_recipes.plan.formula import estimate
 from sft_recipes.plan.gpus import KNOWN_GPUS, gpu_spec, local_gpu_memory_gib
 from sft_recipes.plan.inputs import PlanInput
 from sft_recipes.topology import Topology, recipe_precision
@@ -31,26 +32,18 @@ def launched_topology(flags: dict[str, str]) -> Topology:
 
 
 def plan_input_from_recipe(recipe: Any, config: dict[str, Any], topology: Topology | None = None) -> PlanInput:
-    """The PlanInput of a parsed recipe (sft_recipes.config.Recipe) and its model's config.json, as launched on
-    `topology` (one process when None)."""
-    from sft_recipes.model.kind import resolve_dtype_name
-
-    model, training = recipe.model, recipe.training
-    topology = topology or Topology()
-    if model.load_in_4bit:
-        method = "qlora"
-    elif model.load_in_8bit:
-        method = "8bit-lora"
-    else:
-        method = "lora" if model.use_peft else "full"
+    """The PlanInput of a parsed Recipe and its model's config.json, as launched on `topology` (None: one process)."""
+    model, training, topology = recipe.model, recipe.training, topology or Topology()
+    method = (
+        "qlora" if model.load_in_4bit else "8bit-lora" if model.load_in_8bit else "lora" if model.use_peft else "full"
+    )
     optim = getattr(training.optim, "value", training.optim)
     targets = model.lora_target_modules
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name mirrors the new one)
     checkpointing = getattr(training, "activation_checkpointing", None)
     checkpointing = training.gradient_checkpointing if checkpointing is None else checkpointing
-    kwargs = getattr(training, "activation_checkpointing_kwargs", None) or getattr(
-        training, "gradient_checkpointing_kwargs", None
-    )
+    kwargs = getattr(training, "activation_checkpointing_kwargs", None)
+    kwargs = kwargs or getattr(training, "gradient_checkpointing_kwargs", None)
     kwargs = kwargs if isinstance(kwargs, dict) else {}
     return PlanInput(
         config=config,
@@ -75,27 +68,9 @@ def plan_input_from_recipe(recipe: Any, config: dict[str, Any], topology: Topolo
     )
 
 
-def _load_config(recipe: Any) -> dict[str, Any]:
-    from sft_recipes.model.kind import load_config_or_snapshot
-
-    return load_config_or_snapshot(recipe.model, recipe.training.trust_remote_code, recipe.path)[0]
-
-
-def report(plan: Plan, gpu_memory_gib: float | None) -> dict[str, Any]:
-    """The plan with its verdict: what --json prints and the table shows."""
-    out = plan.to_dict()
-    out["gpu_memory_gib"] = gpu_memory_gib
-    out["verdict"] = verdict_line(plan, gpu_memory_gib)
-    if gpu_memory_gib is not None:
-        out["fits"] = plan.fits(gpu_memory_gib)
-        out["max_micro_batch"] = max_micro_batch(plan, gpu_memory_gib)
-        out["suggestions"] = suggestions(plan, gpu_memory_gib)
-    return out
-
-
 def print_report(data: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     inp = data["input"]
     checkpointing = "on" if inp["gradient_checkpointing"] else "off"
@@ -103,10 +78,7 @@ def print_report(data: dict[str, Any]) -> None:
         f"{inp['method']} · {inp['dtype']} · {inp['micro_batch_size']} x {inp['seq_len']} tokens · "
         f"{inp['parallelism']} x {inp['world_size']} · gradient checkpointing {checkpointing}"
     )
-    table = Table(title=title, title_justify="left")
-    table.add_column("component")
-    table.add_column("GiB", justify="right")
-    table.add_column("note")
+    table = Table("component", Column("GiB", justify="right"), "note", title=title, title_justify="left")
     for row in data["breakdown"]:
         table.add_row(row["component"], f"{row['gib']:.2f}", row["note"])
     table.add_row("peak per GPU", f"{data['total_gib']:.2f}", f"at {data['peak_phase']}", style="bold")
@@ -115,8 +87,7 @@ def print_report(data: dict[str, Any]) -> None:
     for warning in data["warnings"]:
         console.print(f"warning: {warning}", style="yellow", markup=False)
     console.print(data["verdict"], style="bold", markup=False)
-    if data["gpu_memory_gib"] is not None:
-        gib = data["gpu_memory_gib"]
+    if (gib := data["gpu_memory_gib"]) is not None:
         best = data["max_micro_batch"] or "none (1 does not fit)"
         console.print(f"max per_device_train_batch_size on {gib:g} GiB: {best}", markup=False)
         for fix in data["suggestions"][1:]:
@@ -130,19 +101,15 @@ def _gpu_memory_arg(value: str) -> float:
     except ValueError:
         spec = gpu_spec(value)
         if spec is None:
-            problem = Problem("--gpu-memory", f"neither GiB nor a known GPU: {value!r}", ", ".join(KNOWN_GPUS))
-            raise RecipeError(problem) from None
+            raise error("--gpu-memory", f"neither GiB nor a known GPU: {value!r}", ", ".join(KNOWN_GPUS)) from None
         return spec.memory_gib
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("plan", __doc__, recipe=True)
     add_launch_flags(parser)
-    parser.add_argument(
-        "--gpu-memory",
-        metavar="GiB|NAME",
-        help="memory per GPU for the verdict, or a GPU name (default: the local GPU)",
-    )
+    gpu_help = "memory per GPU for the verdict, or a GPU name (default: the local GPU)"
+    parser.add_argument("--gpu-memory", metavar="GiB|NAME", help=gpu_help)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
@@ -153,12 +120,18 @@ def main(argv: list[str]) -> int:
     own, rest = parse_with_recipe(build_parser(), argv)
     gpu_memory = _gpu_memory_arg(own.gpu_memory) if own.gpu_memory else None
     recipe = parse_recipe(rest)
-    plan = estimate(plan_input_from_recipe(recipe, _load_config(recipe), launched_topology(launch_flags(own))))
+    config = load_config_or_snapshot(recipe.model, recipe.training.trust_remote_code, recipe.path)[0]
+    plan = estimate(plan_input_from_recipe(recipe, config, launched_topology(launch_flags(own))))
     if recipe.training.max_length is None:
         plan.warnings.append(f"max_length is null: sized for {DEFAULT_SEQ_LEN} tokens per row")
     if gpu_memory is None:
         gpu_memory = local_gpu_memory_gib()
-    data = report(plan, gpu_memory)
+    # what --json prints and the table shows: the plan with its verdict
+    data = plan.to_dict() | {"gpu_memory_gib": gpu_memory, "verdict": verdict_line(plan, gpu_memory)}
+    if gpu_memory is not None:
+        data["fits"] = plan.fits(gpu_memory)
+        data["max_micro_batch"] = max_micro_batch(plan, gpu_memory)
+        data["suggestions"] = suggestions(plan, gpu_memory)
     if own.json:
         print(json.dumps(data, indent=1))
     else:

@@ -10,6 +10,8 @@ from sft_recipes.plan.formula import Plan, estimate
 from sft_recipes.plan.gpus import GiB
 from sft_recipes.plan.inputs import PlanInput
 
+Fix = tuple[str, dict[str, Any]] | None  # (the recipe change, the PlanInput changes), or None when it does not apply
+
 
 def max_micro_batch(plan: Plan, gpu_memory_gib: float, limit: int = 4096) -> int:
     """The largest per-device batch that fits (0: not even 1); memory grows with the batch, so bisect."""
@@ -29,14 +31,12 @@ def find_fixes(plan: Plan, gpu_memory_gib: float) -> list[tuple[str, dict[str, A
     if plan.fits(gpu_memory_gib):
         return []
     inp, gib = plan.input, gpu_memory_gib
-    candidates = [fix for fix in (make(inp, gib) for make in FIXES) if fix]
-    singles = [fix for fix in candidates if _fits(inp, gib, **fix[1])]
+    singles = [fix for fix in (make(inp, gib) for make in FIXES) if fix and _fits(inp, gib, **fix[1])]
     if singles:
         return singles
     texts, current = [], inp
     for make in FIXES:
-        fix = make(current, gib)
-        if fix:
+        if fix := make(current, gib):
             texts.append(fix[0])
             current = replace(current, **fix[1])
             if estimate(current).fits(gib):
@@ -70,11 +70,11 @@ def _fits(inp: PlanInput, gib: float, **changes: Any) -> bool:
     return estimate(replace(inp, **changes)).fits(gib)
 
 
-def _fix_checkpointing(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _checkpointing(inp: PlanInput, gib: float) -> Fix:
     return None if inp.gradient_checkpointing else ("gradient_checkpointing: true", {"gradient_checkpointing": True})
 
 
-def _fix_batch(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _batch(inp: PlanInput, gib: float) -> Fix:
     """The largest micro-batch that fits (1 at least), with more accumulation to keep the effective batch."""
     best = max(max_micro_batch(estimate(inp), gib), 1)
     if best >= inp.micro_batch_size:
@@ -84,34 +84,34 @@ def _fix_batch(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
     return text, {"micro_batch_size": best, "gradient_accumulation_steps": steps}
 
 
-def _fix_length(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _length(inp: PlanInput, gib: float) -> Fix:
     for length in (inp.seq_len // 2, inp.seq_len // 4):
         if length >= 256 and _fits(inp, gib, seq_len=length):
             return f"max_length: {length}", {"seq_len": length}
     return None
 
 
-def _fix_optimizer(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _optimizer(inp: PlanInput, gib: float) -> Fix:
     if inp.method != "full" or "8bit" in inp.optimizer:
         return None
     return "optim: adamw_8bit", {"optimizer": "adamw_8bit"}
 
 
-def _fix_lora(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _lora(inp: PlanInput, gib: float) -> Fix:
     return ("use_peft: true (LoRA)", {"method": "lora"}) if inp.method == "full" else None
 
 
-def _fix_qlora(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _qlora(inp: PlanInput, gib: float) -> Fix:
     return None if inp.method == "qlora" else ("load_in_4bit: true, use_peft: true (QLoRA)", {"method": "qlora"})
 
 
-def _fix_zero3(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _zero3(inp: PlanInput, gib: float) -> Fix:
     if inp.world_size == 1 or inp.parallelism in ("zero3", "zero3_offload", "fsdp2"):
         return None
     return f"--accelerate_config zero3 (on the same {inp.world_size} GPUs)", {"parallelism": "zero3"}
 
 
-def _fix_more_gpus(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _more_gpus(inp: PlanInput, gib: float) -> Fix:
     parallel = inp.parallelism if inp.parallelism in ("zero3", "fsdp2") else "zero3"
     for world in (2, 4, 8, 16, 32, 64):
         changes = {"world_size": world, "parallelism": parallel}
@@ -120,21 +120,11 @@ def _fix_more_gpus(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | N
     return None
 
 
-def _fix_offload(inp: PlanInput, gib: float) -> tuple[str, dict[str, Any]] | None:
+def _offload(inp: PlanInput, gib: float) -> Fix:
     if inp.parallelism == "zero3_offload":
         return None
     return "--accelerate_config zero3_offload (optimizer and weights in host memory)", {"parallelism": "zero3_offload"}
 
 
 # Cheapest first: nothing that changes what is learned, then the method, then the hardware.
-FIXES = (
-    _fix_checkpointing,
-    _fix_batch,
-    _fix_length,
-    _fix_optimizer,
-    _fix_lora,
-    _fix_qlora,
-    _fix_zero3,
-    _fix_more_gpus,
-    _fix_offload,
-)
+FIXES = (_checkpointing, _batch, _length, _optimizer, _lora, _qlora, _zero3, _more_gpus, _offload)

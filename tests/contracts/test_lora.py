@@ -80,7 +80,7 @@ def test_peft_on_the_meta_model_counts_what_the_loader_trains(causal_lm_dirs, vl
 
 
 def test_plan_counts_the_lora_parameters_peft_counts(causal_lm_dirs, vlm_dirs):
-    from sft_recipes.plan.shape import lora_parameters
+    from sft_recipes.plan.inputs import lora_parameters
 
     for family, path, kind in every_family(causal_lm_dirs, vlm_dirs):
         meta = load(path, kind, meta=True)
@@ -94,7 +94,7 @@ def test_validate_plan_and_loader_agree_to_the_parameter_on_every_family(causal_
 
     from peft import get_peft_model
 
-    from sft_recipes.plan.shape import lora_parameters
+    from sft_recipes.plan.inputs import lora_parameters
     from sft_recipes.validate.model_checks import check_meta_model
     from sft_recipes.validate.validation import Validation
 

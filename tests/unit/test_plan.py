@@ -10,10 +10,9 @@ from types import SimpleNamespace
 
 from helpers.published_configs import published_config
 
-from sft_recipes.plan.activations import activation_bytes
 from sft_recipes.plan.command import launched_topology, main, plan_input_from_recipe
 from sft_recipes.plan.fixes import find_fixes, max_micro_batch, suggestions, verdict_line
-from sft_recipes.plan.formula import CUDA_CONTEXT, FRAGMENTATION, estimate
+from sft_recipes.plan.formula import CUDA_CONTEXT, FRAGMENTATION, activation_bytes, estimate
 from sft_recipes.plan.gpus import GiB, gpu_spec
 from sft_recipes.plan.inputs import PlanInput
 

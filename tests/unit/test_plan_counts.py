@@ -9,9 +9,8 @@ from dataclasses import replace
 import pytest
 from helpers.published_configs import PUBLISHED, published_config
 
-from sft_recipes.plan.activations import activation_bytes
-from sft_recipes.plan.inputs import PlanInput
-from sft_recipes.plan.shape import count_parameters, lora_parameters
+from sft_recipes.plan.formula import activation_bytes
+from sft_recipes.plan.inputs import PlanInput, count_parameters, lora_parameters
 
 TINY = {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
 TINY_HEADS = {"num_attention_heads": 4, "num_key_value_heads": 2}
