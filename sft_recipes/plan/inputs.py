@@ -224,8 +224,9 @@ class Tensor:
 
 
 def _mlp(prefix: str, h: int, f: int, count: int) -> list[Tensor]:
+    # none when every layer is a MoE layer (Mixtral): a tensor in 0 layers would divide the 8-bit optimizer's sizes
     shapes = {"gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
-    return [Tensor(prefix + name, shape, count, "linear") for name, shape in shapes.items()]
+    return [Tensor(prefix + name, shape, count, "linear") for name, shape in shapes.items()] if count else []
 
 
 def parameter_tensors(config: dict[str, Any]) -> list[Tensor]:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from helpers.published_configs import PUBLISHED, published_config
 
-from sft_recipes.plan.formula import activation_bytes
+from sft_recipes.plan.formula import activation_bytes, estimate
 from sft_recipes.plan.inputs import PlanInput, count_parameters, lora_parameters
 
 TINY = {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
@@ -116,3 +116,11 @@ def test_activation_model_matches_what_autograd_saves(model_type, method, dtype,
     # the head scores seq - 1 positions per row; its per-token outputs are alive but not saved for backward
     head = a.head_saved * tokens - (32 * b + 18) * batch - 12 * tokens
     assert layers_bytes + head == pytest.approx(measured, rel=0.002)
+
+
+@pytest.mark.parametrize("optim", ["adamw_8bit", "adafactor", "adamw_torch"])
+def test_an_all_moe_model_is_planned_with_every_optimizer(optim):
+    # Mixtral has no dense-MLP layer: the 8-bit optimizer's size per layer once divided by zero layers
+    config, model = build("mixtral", FAMILIES["mixtral"])
+    inp = PlanInput(config=config.to_dict(), method="full", optimizer=optim, seq_len=64)
+    assert estimate(inp).components["optimizer states"] > 0
