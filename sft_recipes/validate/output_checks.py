@@ -1,4 +1,4 @@
-"""Checks of output_dir: a finished run, a live run writing there, and the disk space checkpoints will take."""
+"""Checks of output_dir: a finished run (#19), a live run writing there, the disk space checkpoints take (#20)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ GIB = 1024**3
 
 
 def check_output_dir(v: Validation) -> None:
-    """#19 a finished run in output_dir, a live run writing there, and #20 the disk space checkpoints will take."""
     from sft_recipes.run_dir import lock_holder, resume_checkpoint
 
-    t, s = v.recipe.training, v.recipe.script
-    out = t.output_dir
+    t, out = v.recipe.training, v.recipe.training.output_dir
     if not _check_writable(v, out):
         return
-    resume = resume_checkpoint(out, t.resume_from_checkpoint, s.overwrite_output_dir)
+    resume = resume_checkpoint(out, t.resume_from_checkpoint, v.recipe.script.overwrite_output_dir)
     if resume:
         v.summary["resume"] = f"from {resume}"
     pid = lock_holder(out) if int(os.environ.get("RANK", "0")) == 0 else None
@@ -52,10 +50,13 @@ def _check_writable(v: Validation, out: str) -> bool:
 
 
 def _check_disk(v: Validation) -> None:
+    from sft_recipes.model.kind import resolve_dtype
+
     t, m, s = v.recipe.training, v.recipe.model, v.recipe.script
     trainable = v.trainable or 0
     assert v.params is not None
-    weights = trainable * 4 if m.use_peft else v.params * _bytes_per_param(v)  # adapters are kept in fp32 by PEFT
+    # PEFT keeps adapters in fp32
+    weights = trainable * 4 if m.use_peft else v.params * resolve_dtype(m.dtype, t, v.config).itemsize
     per_save = weights + (0 if t.save_only_model else 8 * trainable)  # Adam: two fp32 moments per trainable param
     saves = _checkpoints_kept(v)
     final = weights + (2 * v.params if s.merge_adapter and m.use_peft else 0)
@@ -79,12 +80,6 @@ def _check_disk(v: Validation) -> None:
 
 def free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
-
-
-def _bytes_per_param(v: Validation) -> int:
-    from sft_recipes.model.kind import resolve_dtype
-
-    return resolve_dtype(v.recipe.model.dtype, v.recipe.training, v.config).itemsize
 
 
 def _checkpoints_kept(v: Validation) -> int:
