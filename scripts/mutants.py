@@ -39,7 +39,6 @@ FIDELITY = "sft_recipes/template_fidelity.py"
 RUN_DIR = "sft_recipes/run_dir.py"
 TRAIN = "sft_recipes/train.py"
 CONFIG = "sft_recipes/config.py"
-RECIPE_FILE = "sft_recipes/recipe_file.py"
 
 
 # Each entry: id, file / original / replacement / tests, -k / the bug[, pending].
@@ -292,7 +291,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ('test_fast_defaults.py',), 'recipe_always or gpu_that_fits',
         'recipe.yaml does not record the checkpointing decision'),
     # config parsing
-    Mutant('config-yaml-line-off-by-one', RECIPE_FILE,
+    Mutant('config-yaml-line-off-by-one', CONFIG,
         'for number, line in enumerate(Path(path).read_text().splitlines(), start=1):',
         'for number, line in enumerate(Path(path).read_text().splitlines()):',
         ('test_cli.py',), 'unknown_key',
@@ -307,12 +306,12 @@ MUTANTS: tuple[Mutant, ...] = (
         '        pass\n',
         ('test_security.py',), 'secrets',
         'the hub token stays on the args, pickled into training_args.bin'),
-    Mutant('config-int-for-float-refused', RECIPE_FILE,
+    Mutant('config-int-for-float-refused', CONFIG,
         'return isinstance(value, (int, float))  # an int for a float key',
         'return isinstance(value, float)  # an int for a float key',
         ('test_recipes.py',), 'parses_strictly',
         'an integer for a float key (learning_rate: 1) is refused'),
-    Mutant('config-string-float-silent', RECIPE_FILE,
+    Mutant('config-string-float-silent', CONFIG,
         'problems.append(Problem(where(key), message, fix, severity="warning"))',
         'pass',
         ('test_validate.py',), 'yaml-1e-5',

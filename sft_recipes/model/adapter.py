@@ -68,8 +68,7 @@ def run_recipe(path: Path) -> Any:
 
     import yaml
 
-    from sft_recipes.config import parse_recipe
-    from sft_recipes.recipe_file import load_yaml
+    from sft_recipes.config import load_yaml, parse_recipe
 
     if not path.is_file():
         return None

@@ -42,7 +42,7 @@ class Validation:
     @cached_property
     def key(self) -> Callable[[str], str]:
         """`v.key(name)`: `recipe.yaml:LINE (name)` when the key is in the recipe file, else the key itself."""
-        from sft_recipes.recipe_file import key_locator
+        from sft_recipes.config import key_locator
 
         return key_locator(self.recipe.path)
 
