@@ -212,13 +212,10 @@ def check_types(config: dict[str, Any], hints: dict[str, Any], where: Callable[[
     return problems
 
 
-_NO_VALUE = object()
-
-
-def did_you_mean(key: str, known: typing.Iterable[str], value: Any = _NO_VALUE) -> str:
+def did_you_mean(key: str, known: typing.Iterable[str], value: Any = None) -> str:
     """The fix for an unknown key: the rename table's advice (sft_recipes.renames), else the closest known key.
     `value`, the key's YAML value when known, tailors the advice (`use_flash_attention_2: false` means sdpa)."""
-    advice = hint(key, None if value is _NO_VALUE else value, has_value=value is not _NO_VALUE)
+    advice = hint(key, value, has_value=value is not None)
     if advice:
         return advice
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
@@ -227,6 +224,10 @@ def did_you_mean(key: str, known: typing.Iterable[str], value: Any = _NO_VALUE) 
 
 def _explicit_cli_keys(args: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def _unknown_flags(args: list[str], hints: dict[str, Any]) -> set[str]:
+    return {a for a in _explicit_cli_keys(args) if a not in hints and a.removeprefix("no_") not in hints}
 
 
 def _has_accelerator() -> bool:
@@ -266,10 +267,7 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
             for k, v in config.items()
             if k in hints and all(p.severity != "error" for p in check_types({k: v}, hints, where))
         }
-        unknown = {
-            name for name in _explicit_cli_keys(args) if name not in hints and name.removeprefix("no_") not in hints
-        }
-        args = _without_flags(args, unknown)
+        args = _without_flags(args, _unknown_flags(args, hints))
 
     for key, value in env.items():
         os.environ[str(key)] = str(value)
@@ -302,13 +300,10 @@ def _key_problems(
 ) -> list[Problem]:
     """Unknown keys and flags (with the renamed-key or did-you-mean hint) and wrongly typed YAML values."""
     problems = [
-        Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints, config[key]))
-        for key in config
-        if key not in hints
+        Problem(where(k), f"unknown key `{k}`", did_you_mean(k, hints, config[k])) for k in config if k not in hints
     ]
-    for arg in _explicit_cli_keys(args):
-        if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
-            problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
+    for arg in _unknown_flags(args, hints) - {"help", "help-all"}:
+        problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
     return problems + check_types({k: v for k, v in config.items() if k in hints}, hints, where)
 
 

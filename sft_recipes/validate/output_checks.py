@@ -18,7 +18,8 @@ def check_output_dir(v: Validation) -> None:
     from sft_recipes.run_dir import lock_holder, resume_checkpoint
 
     t, out = v.recipe.training, v.recipe.training.output_dir
-    if not _check_writable(v, out):
+    root = _writable_root(v, out)
+    if root is None:
         return
     resume = resume_checkpoint(out, t.resume_from_checkpoint, v.recipe.script.overwrite_output_dir)
     if resume:
@@ -31,25 +32,25 @@ def check_output_dir(v: Validation) -> None:
             "wait for it, or pick another output_dir",
         )
     if v.params is not None:
-        _check_disk(v)
+        _check_disk(v, root)
 
 
-def _check_writable(v: Validation, out: str) -> bool:
-    """output_dir must be a folder this process can create or write: a file there (or above) stops the first mkdir."""
+def _writable_root(v: Validation, out: str) -> Path | None:
+    """output_dir's nearest existing folder; None when a file there (or above) or permissions stop the first mkdir."""
     path = Path(os.path.abspath(out))
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "is an existing file" if blocking == path else f"is below the file {blocking}"
         v.add(v.key("output_dir"), f"{out} {where}: it must be a folder", "pick another output_dir, or move the file")
-        return False
+        return None
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         v.add(v.key("output_dir"), f"{existing} is not writable by this user", "pick an output_dir you can write to")
-        return False
-    return True
+        return None
+    return existing
 
 
-def _check_disk(v: Validation) -> None:
+def _check_disk(v: Validation, root: Path) -> None:
     from sft_recipes.model.kind import resolve_dtype
 
     t, m, s = v.recipe.training, v.recipe.model, v.recipe.script
@@ -60,20 +61,13 @@ def _check_disk(v: Validation) -> None:
     per_save = weights + (0 if t.save_only_model else 8 * trainable)  # Adam: two fp32 moments per trainable param
     saves = _checkpoints_kept(v)
     final = weights + (2 * v.params if s.merge_adapter and m.use_peft else 0)
-    need = saves * per_save + final
-    root = Path(os.path.abspath(t.output_dir))
-    while not root.exists():
-        root = root.parent
-    free = free_space(root)
-    v.summary["disk"] = (
-        f"~{_size(need)} ({saves} checkpoint(s) x {_size(per_save)} + final {_size(final)}), {_size(free)} free "
-        f"at {root}"
-    )
+    need, free = saves * per_save + final, free_space(root)
+    sizes = f"x {_size(per_save)} + final {_size(final)}"
+    v.summary["disk"] = f"~{_size(need)} ({saves} checkpoint(s) {sizes}), {_size(free)} free at {root}"
     if need > free:
         v.add(
             v.key("output_dir"),
-            f"the checkpoints need ~{_size(need)} ({saves} x {_size(per_save)} + final {_size(final)}) but {root} "
-            f"has {_size(free)} free",
+            f"the checkpoints need ~{_size(need)} ({saves} {sizes}) but {root} has {_size(free)} free",
             "free disk space, set save_total_limit (e.g. 2) or save_only_model: true, or pick another output_dir",
         )
 
