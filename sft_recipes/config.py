@@ -132,8 +132,8 @@ def field_types() -> dict[str, Any]:
     for cls in DATACLASSES:
         resolved = typing.get_type_hints(cls)
         for f in fields(cls):
-            if f.init and f.name not in hints:
-                hints[f.name] = resolved.get(f.name, f.type)
+            if f.init:
+                hints.setdefault(f.name, resolved.get(f.name, f.type))
     return hints
 
 
@@ -237,10 +237,9 @@ def _has_accelerator() -> bool:
 
 
 def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
-    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors.
-
-    keep_going (validate): drop the offending keys instead, parse the rest, and return their errors among
-    `recipe.warnings`, so that every problem of the recipe is reported at once."""
+    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors. keep_going
+    (validate): drop the offending keys instead, parse the rest, and return their errors among `recipe.warnings`,
+    so that every problem of the recipe is reported at once."""
     args = list(argv)
     config: dict[str, Any] = {}
     path = None
@@ -315,8 +314,6 @@ def _dataclasses(
     parser.set_defaults_with_config(**defaults, **config)
     try:
         return tuple(parser.parse_args_into_dataclasses(args=args))  # type: ignore[return-value]
-    except RecipeError:
-        raise
     except (ValueError, TypeError) as err:
         if "support bf16" in str(err):  # transformers' message names no fix; bf16 is on by default in TRL
             raise RecipeError(

@@ -31,6 +31,7 @@ def validate(recipe: Any, topology: Topology | None = None, data: bool = True) -
     v = Validation(recipe, problems=list(recipe.warnings))
     if topology is not None:
         v.topology = topology
+        v.summary["distributed"] = f"{topology.mode} x {topology.num_processes} ({topology.config_path})"
     else:
         try:
             v.topology = Topology.from_env(recipe.training)

@@ -47,8 +47,7 @@ class Validation:
         return key_locator(self.recipe.path)
 
     def extend(self, problems: list[Problem]) -> None:
-        """Problems from the model, data and inspection layers, which name bare keys: point at the recipe's line
-        when the key is in it."""
+        """Problems from the model, data and inspection layers: a bare key that is in the recipe points at its line."""
         self.problems += [
             replace(p, where=self.key(p.where)) if p.where in self.recipe.explicit else p for p in problems
         ]
