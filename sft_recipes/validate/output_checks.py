@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sft_recipes.validate.validation import Validation
 
-GIB = 1024**3
-
 
 def check_output_dir(v: Validation) -> None:
     from sft_recipes.run_dir import lock_holder, resume_checkpoint
@@ -97,7 +95,7 @@ def _checkpoints_kept(v: Validation) -> int:
 
 
 def _size(n: float) -> str:
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= scale / 10:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sft_recipes.validate.validation import Validation
 
-SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers.set_seed feeds
+SEED_MAX = 2**32 - 1
 STEP_MODULO = "transformers takes the step modulo it"
 
 
