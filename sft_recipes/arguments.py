@@ -81,7 +81,7 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     for name, text in LAUNCH_FLAGS.items():
         number = name not in ("accelerate_config", "main_process_ip")
         metavar = "NAME|PATH" if name == "accelerate_config" else None
-        group.add_argument(f"--{name}", type=int if number else None, metavar=metavar, help=text)
+        group.add_argument(f"--{name}", type=int if number else str, metavar=metavar, help=text)
 
 
 def configure_logging(debug: bool) -> None:

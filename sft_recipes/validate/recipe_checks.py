@@ -99,8 +99,9 @@ def check_ranges(v: Validation) -> None:
     r = v.recipe
     for key, allowed in RANGES.items():
         value = next((getattr(obj, key) for obj in (r.training, r.model, r.script) if hasattr(obj, key)), None)
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not numeric or (allowed.when is not None and not allowed.when(r.training)) or allowed.holds(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if (allowed.when is not None and not allowed.when(r.training)) or allowed.holds(value):
             continue
         condition = f" {allowed.condition}" if allowed.condition else ""
         why = f": {allowed.why}" if allowed.why else ""
