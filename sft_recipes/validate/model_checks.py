@@ -109,11 +109,12 @@ def check_vlm(v: Validation) -> None:
 
 
 def check_meta_model(v: Validation) -> None:
-    """Parameter counts, the attention implementation the model class accepts, and LoRA targets against the model's
-    real linear layers (Σ r·(in+out) over the targets)."""
-    from sft_recipes.inspection.meta_trainer import build_meta_model
+    """The attention implementation (its package, then the model class's own check), parameter counts, and LoRA
+    targets against the model's real linear layers (Σ r·(in+out) over the targets)."""
+    from sft_recipes.inspection.meta_trainer import build_meta_model, check_attn_implementation
 
     m = v.recipe.model
+    class_check = _check_attention_package(v)
     try:
         model = build_meta_model(m, v.recipe.training, v.kind or "causal_lm", v.config or None)
     except Exception as err:  # noqa: BLE001 - any modelling-code failure: the checks below are skipped, said so
@@ -126,27 +127,12 @@ def check_meta_model(v: Validation) -> None:
         )
         return
     v.model, v.params = model, sum(p.numel() for p in model.parameters())
-    _check_attention_support(v, model)
-    if m.use_peft:
-        _check_lora(v, model)
-    else:
-        v.trainable = v.params
-        v.summary["trainable"] = f"all {v.params:,} parameters (full fine-tune)"
-
-
-def _check_attention_support(v: Validation, model: Any) -> None:
-    """The recipe's attn_implementation through transformers' own check of the model class (what from_pretrained
-    runs): an unknown name, or one the architecture lacks (sdpa on Gemma-2's soft-capping, flex on old models)."""
-    from sft_recipes.environment import has_package
-    from sft_recipes.inspection.meta_trainer import check_attn_implementation
-    from sft_recipes.model.attention import FLASH_PACKAGES
-
-    requested = v.recipe.model.attn_implementation
-    package = FLASH_PACKAGES.get(requested or "")
-    if requested in (None, "auto") or "/" in requested or (package and not has_package(package)):
-        return  # ours to choose, a hub kernel, or a missing flash-attn: check_attention reports those
+    # transformers' own check of the model class, as from_pretrained runs it: an unknown name, or one the
+    # architecture lacks (sdpa on Gemma-2's soft-capping, flex on old models)
+    requested = m.attn_implementation
     try:
-        check_attn_implementation(model, requested)
+        if class_check:
+            check_attn_implementation(model, requested)
     except (ValueError, ImportError) as err:
         v.add(
             v.key("attn_implementation"),
@@ -154,6 +140,43 @@ def _check_attention_support(v: Validation, model: Any) -> None:
             "use sdpa or eager, or auto (the fastest this machine allows)",
         )
         v.summary["attention"] = f"{requested} (refused)"
+    if m.use_peft:
+        _check_lora(v, model)
+    else:
+        v.trainable = v.params
+        v.summary["trainable"] = f"all {v.params:,} parameters (full fine-tune)"
+
+
+def _check_attention_package(v: Validation) -> bool:
+    """attn_implementation's package; whether the model class's own check applies (an explicit, local name)."""
+    from sft_recipes.environment import has_package
+    from sft_recipes.model.attention import FLASH_PACKAGES
+
+    m = v.recipe.model
+    requested = m.attn_implementation
+    package = FLASH_PACKAGES.get(requested or "")
+    if package and not has_package(package):
+        message = f"{requested} needs the `{package}` package, which is not installed"
+        if m.attn_strict:
+            v.add(
+                v.key("attn_implementation"), message, "pip install 'sft-recipes[flash-attn]', or attn_strict: false"
+            )
+        else:
+            v.add(
+                v.key("attn_implementation"),
+                message + ": falling back to sdpa (same results, more memory on long sequences)",
+                "pip install 'sft-recipes[flash-attn]', or set attn_strict: true to make this an error",
+                warning=True,
+            )
+        v.summary["attention"] = f"sdpa (fallback: {requested} not installed)"
+        return False
+    if requested and "/" in requested and not has_package("kernels"):
+        v.add(
+            v.key("attn_implementation"), f"hub kernel {requested} needs the `kernels` package", "pip install kernels"
+        )
+        return False
+    v.summary["attention"] = requested or "transformers' default (sdpa where supported)"
+    return requested not in (None, "auto") and "/" not in requested
 
 
 def _check_lora(v: Validation, model: Any) -> None:

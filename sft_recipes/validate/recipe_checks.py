@@ -1,5 +1,5 @@
-"""Checks of the recipe alone and of this machine: ranges, choices, quantization, distribution, hardware, attention,
-and what the run reaches outside itself (the Hub, trackers, kernels), each failing only after the weights load."""
+"""Checks of the recipe alone and of this machine: ranges, choices, quantization, distribution, hardware, and what
+the run reaches outside itself (the Hub, trackers, kernels), each failing only after the weights load."""
 
 from __future__ import annotations
 
@@ -267,34 +267,6 @@ def check_hardware(v: Validation) -> None:
             "lower num_processes, or launch on the machines the accelerate config is for",
             warning=True,
         )
-
-
-def check_attention(v: Validation) -> None:
-    from sft_recipes.environment import has_package
-    from sft_recipes.model.attention import FLASH_PACKAGES
-
-    requested = v.recipe.model.attn_implementation
-    package = FLASH_PACKAGES.get(requested or "")
-    if package and not has_package(package):
-        message = f"{requested} needs the `{package}` package, which is not installed"
-        if v.recipe.model.attn_strict:
-            v.add(
-                v.key("attn_implementation"), message, "pip install 'sft-recipes[flash-attn]', or attn_strict: false"
-            )
-        else:
-            v.add(
-                v.key("attn_implementation"),
-                message + ": falling back to sdpa (same results, more memory on long sequences)",
-                "pip install 'sft-recipes[flash-attn]', or set attn_strict: true to make this an error",
-                warning=True,
-            )
-        v.summary["attention"] = f"sdpa (fallback: {requested} not installed)"
-    elif requested and "/" in requested and not has_package("kernels"):
-        v.add(
-            v.key("attn_implementation"), f"hub kernel {requested} needs the `kernels` package", "pip install kernels"
-        )
-    else:
-        v.summary["attention"] = requested or "transformers' default (sdpa where supported)"
 
 
 def check_hub(v: Validation) -> None:

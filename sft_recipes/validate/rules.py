@@ -19,7 +19,6 @@ RECIPE_STAGES = (
 CONFIG_STAGES = (  # need config.json
     model_checks.check_context,
     model_checks.check_vlm,
-    recipe_checks.check_attention,
     model_checks.check_meta_model,
     model_checks.check_tokenizer,
 )
