@@ -240,16 +240,14 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors. keep_going
     (validate): drop the offending keys instead, parse the rest, and return their errors among `recipe.warnings`,
     so that every problem of the recipe is reported at once."""
-    args = list(argv)
-    config: dict[str, Any] = {}
-    path = None
+    args, path = list(argv), None
     if "--config" in args:
         index = args.index("--config")
         if index + 1 >= len(args):
             raise RecipeError(Problem("--config", "missing the recipe path", "--config recipes/<model>/<method>.yaml"))
-        path = args[index + 1]
-        del args[index : index + 2]
-        config = load_yaml(path)
+        path = args.pop(index + 1)
+        del args[index]
+    config = load_yaml(path) if path is not None else {}
     overrides = list(args)
     hints, where = field_types(), key_locator(path)
     env = config.pop("env", None) or {}

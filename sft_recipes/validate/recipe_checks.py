@@ -51,8 +51,7 @@ def _steps(strategy: str) -> Callable[[Any], bool]:
     return lambda t: str(getattr(getattr(t, strategy), "value", getattr(t, strategy))) == "steps"
 
 
-# What TRL, transformers, PEFT or torch would refuse mid-run (or train into a no-op), on the parsed values (YAML and
-# flags alike).
+# What TRL, transformers, PEFT or torch would refuse mid-run (or train into a no-op), on parsed values (YAML or flag)
 RANGES: dict[str, Range] = {
     # LoRA (peft.LoraConfig accepts these; the adapter layers then fail, or learn nothing)
     "lora_r": Range(low=1, why="PEFT cannot build a rank-0 adapter (`r` should be a positive integer)"),
