@@ -1,7 +1,4 @@
-"""Command-line conventions every command shares: its own argparse parser, the recipe options, what goes to stdout.
-
-A command module holds `build_parser()` (cheap: no torch, transformers or TRL at import) and `main(argv)`.
-"""
+"""Command-line conventions every command shares: its own argparse parser, the recipe options, what goes to stdout."""
 
 from __future__ import annotations
 
@@ -34,8 +31,9 @@ class _HelpAll(argparse.Action):
 
 
 def command_parser(name: str, doc: str | None, recipe: bool = False) -> CommandParser:
-    """A command's parser; `doc` is its module docstring, whose first line is the command's one-line summary.
-    With recipe=True it takes --config and --help-all; other flags are left for the recipe parser."""
+    """The parser a command module's `build_parser()` returns (cheap: no torch, transformers or TRL at import); `doc`
+    is its module docstring, whose first line is the command's summary. With recipe=True it takes --config and
+    --help-all; other flags are left for the recipe parser."""
     parser = CommandParser(
         prog=f"sft-recipes {name}",
         description=summary(doc),
@@ -61,14 +59,16 @@ def summary(doc: str | None) -> str:
     return " ".join((doc or "").strip().split("\n\n")[0].split()).rstrip(".")
 
 
-LAUNCH_FLAGS = (
-    "accelerate_config",
-    "num_processes",
-    "num_machines",
-    "machine_rank",
-    "main_process_ip",
-    "main_process_port",
-)
+# The flags that pick a topology; train hands them to `accelerate launch`, validate and plan check against it.
+LAUNCH_FLAGS = {
+    "accelerate_config": "a bundled accelerate config (single_gpu, multi_gpu, zero2, zero3, zero3_offload, fsdp2, "
+    "fsdp2_qlora, multi_node) or a path to one",
+    "num_processes": "processes in all (overrides the config)",
+    "num_machines": "machines (overrides the config)",
+    "machine_rank": "this machine's rank",
+    "main_process_ip": "the rank-0 machine's address",
+    "main_process_port": "the rank-0 machine's port",
+}
 
 
 def launch_flags(args: argparse.Namespace) -> dict[str, str]:
@@ -77,19 +77,11 @@ def launch_flags(args: argparse.Namespace) -> dict[str, str]:
 
 
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags that pick a topology; train hands them to `accelerate launch`, validate and plan check against it."""
     group = parser.add_argument_group("topology (accelerate launch)")
-    group.add_argument(
-        "--accelerate_config",
-        metavar="NAME|PATH",
-        help="a bundled accelerate config (single_gpu, multi_gpu, zero2, zero3, zero3_offload, fsdp2, fsdp2_qlora, "
-        "multi_node) or a path to one",
-    )
-    group.add_argument("--num_processes", type=int, help="processes in all (overrides the config)")
-    group.add_argument("--num_machines", type=int, help="machines (overrides the config)")
-    group.add_argument("--machine_rank", type=int, help="this machine's rank")
-    group.add_argument("--main_process_ip", help="the rank-0 machine's address")
-    group.add_argument("--main_process_port", type=int, help="the rank-0 machine's port")
+    for name, text in LAUNCH_FLAGS.items():
+        number = name not in ("accelerate_config", "main_process_ip")
+        metavar = "NAME|PATH" if name == "accelerate_config" else None
+        group.add_argument(f"--{name}", type=int if number else str, metavar=metavar, help=text)
 
 
 def configure_logging(debug: bool) -> None:

@@ -1,4 +1,4 @@
-"""The recipe schema (TRL's dataclasses plus ours) and its strict parser."""
+"""The recipe schema (TRL's dataclasses plus ours), the recipe file as written, and their strict parser."""
 
 from __future__ import annotations
 
@@ -6,117 +6,93 @@ import difflib
 import os
 import re
 import sys
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import trl
 
 from sft_recipes.errors import Problem, RecipeError
-from sft_recipes.recipe_file import check_types, key_lines, load_yaml
 from sft_recipes.renames import hint
 
 SECRET_PATTERN = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 
 
+def option(default: Any, doc: str, choices: list[str] | None = None) -> Any:
+    """A recipe field: `doc` is its help in `--help`, `choices` what argparse and validate accept."""
+    return field(default=default, metadata={"help": doc, **({"choices": choices} if choices else {})})
+
+
 @dataclass
 class ModelConfig(trl.ModelConfig):
     # TRL defaults to float32, which silently doubles memory and runs QLoRA compute in fp32.
-    dtype: str | None = field(
-        default="auto",
-        metadata={
-            "help": "Weights dtype: auto (the checkpoint's own dtype), bfloat16, float16 or float32.",
-            "choices": ["auto", "bfloat16", "float16", "float32"],
-        },
+    dtype: str | None = option(
+        "auto",
+        "Weights dtype: auto (the checkpoint's own dtype), bfloat16, float16 or float32.",
+        ["auto", "bfloat16", "float16", "float32"],
     )
-    attn_implementation: str | None = field(
-        default=None,
-        metadata={
-            "help": "auto (or unset): the fastest this machine allows, logged at load: flash_attention_3/2 when "
-            "installed on a GPU of compute capability 9.x/8.0+ with 16-bit weights, else sdpa (eager for models "
-            "without sdpa). Or name one: sdpa, eager, flash_attention_2, flash_attention_3, kernels-community/..."
-        },
+    attn_implementation: str | None = option(
+        None,
+        "auto (or unset): the fastest this machine allows, logged at load: flash_attention_3/2 when installed on a "
+        "GPU of compute capability 9.x/8.0+ with 16-bit weights, else sdpa (eager for models without sdpa). Or name "
+        "one: sdpa, eager, flash_attention_2, flash_attention_3, kernels-community/...",
     )
-    model_kind: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (from config.json), causal_lm or image_text_to_text.",
-            "choices": ["auto", "causal_lm", "image_text_to_text"],
-        },
+    model_kind: str = option(
+        "auto",
+        "auto (from config.json), causal_lm or image_text_to_text.",
+        ["auto", "causal_lm", "image_text_to_text"],
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache directory for model files."})
-    attn_strict: bool = field(
-        default=False,
-        metadata={"help": "Fail instead of falling back to sdpa when the requested flash-attn is not installed."},
+    cache_dir: str | None = option(None, "Hugging Face cache directory for model files.")
+    attn_strict: bool = option(False, "Fail instead of falling back to sdpa when the requested flash-attn is missing.")
+    tokenizer_name_or_path: str | None = option(None, "Tokenizer/processor to load instead of the model's own.")
+    use_slow_tokenizer: bool = option(False, "Load the slow (Python) tokenizer.")
+    pad_token_policy: str = option(
+        "auto",
+        "When the tokenizer has no pad token: auto (unk, else eos), unk, eos, or add a new <|pad|>. Padding positions "
+        "are masked by position, so a pad equal to eos never masks the real EOS.",
+        ["auto", "unk", "eos", "add"],
     )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer/processor to load instead of the model's own."}
+    model_max_length: int | None = option(None, "Tokenizer model_max_length (defaults to max_length).")
+    rope_scaling_policy: str = option(
+        "auto",
+        "auto: linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length exceeds the "
+        "context; off: never scale (a longer max_length is then an error).",
+        ["auto", "off"],
     )
-    use_slow_tokenizer: bool = field(default=False, metadata={"help": "Load the slow (Python) tokenizer."})
-    pad_token_policy: str = field(
-        default="auto",
-        metadata={
-            "help": "When the tokenizer has no pad token: auto (unk, else eos), unk, eos, or add a new <|pad|>. "
-            "Padding positions are masked by position, so a pad equal to eos never masks the real EOS.",
-            "choices": ["auto", "unk", "eos", "add"],
-        },
+    low_cpu_mem_usage: bool = option(
+        True, "Load weights lazily. Always true in transformers 5; kept so Open-Instruct style recipes parse."
     )
-    model_max_length: int | None = field(
-        default=None, metadata={"help": "Tokenizer model_max_length (defaults to max_length)."}
-    )
-    rope_scaling_policy: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: linear RoPE scaling by ceil(max_length / max_position_embeddings) when max_length "
-            "exceeds the context; off: never scale (a longer max_length is then an error).",
-            "choices": ["auto", "off"],
-        },
-    )
-    low_cpu_mem_usage: bool = field(
-        default=True,
-        metadata={
-            "help": "Load weights lazily. Always true in transformers 5; kept so Open-Instruct style recipes parse."
-        },
-    )
-    allow_pickle_weights: bool = field(
-        default=False,
-        metadata={"help": "Allow loading pickle (.bin) weights, which can execute code. Safetensors only otherwise."},
+    allow_pickle_weights: bool = option(
+        False, "Allow loading pickle (.bin) weights, which can execute code. Safetensors only otherwise."
     )
 
 
 @dataclass
 class ScriptArguments(trl.ScriptArguments):
-    dataset_format: str = field(
-        default="auto",
-        metadata={
-            "help": "Format of the rows: auto-detected from the columns, or forced. Rows with a boolean `label` "
-            "column (KTO-style) are trained only where it is true: label: false rows are bad answers, so they are "
-            "excluded and their count is logged.",
-            "choices": ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference"],
-        },
+    dataset_format: str = option(
+        "auto",
+        "Format of the rows: auto-detected from the columns, or forced. Rows with a boolean `label` column "
+        "(KTO-style) are trained only where it is true: label: false rows are bad answers, so they are excluded and "
+        "their count is logged.",
+        ["auto", "text", "messages", "prompt_completion", "sharegpt", "alpaca", "preference"],
     )
-    preference_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference data ('chosen' and 'rejected' columns) is not SFT data and is refused. Set `chosen` "
-            "to train on the chosen answers as prompt-completion (the rejected ones are dropped); to learn from "
-            "both, use a preference trainer (trl's DPOTrainer).",
-            "choices": ["chosen"],
-        },
+    preference_column: str | None = option(
+        None,
+        "Preference data ('chosen' and 'rejected' columns) is not SFT data and is refused. Set `chosen` to train on "
+        "the chosen answers as prompt-completion (the rejected ones are dropped); to learn from both, use a "
+        "preference trainer (trl's DPOTrainer).",
+        ["chosen"],
     )
-    merge_adapter: bool = field(
-        default=False, metadata={"help": "After LoRA training, also save the adapter merged into a 16-bit base."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train again into an output_dir that already holds a finished run."}
-    )
-    prepared: str | None = field(
-        default=None,
-        metadata={
-            "help": "A folder `sft-recipes preprocess --out` wrote: train on its rows as they are (no rank reads or "
-            "tokenizes the raw data), once the recipe is checked to give the same fingerprint (data keys, tokenizer, "
-            "chat template, max_length, packing, masks)."
-        },
+    merge_adapter: bool = option(False, "After LoRA training, also save the adapter merged into a 16-bit base.")
+    overwrite_output_dir: bool = option(False, "Train again into an output_dir that already holds a finished run.")
+    prepared: str | None = option(
+        None,
+        "A folder `sft-recipes preprocess --out` wrote: train on its rows as they are (no rank reads or tokenizes the "
+        "raw data), once the recipe is checked to give the same fingerprint (data keys, tokenizer, chat template, "
+        "max_length, packing, masks).",
     )
 
 
@@ -156,18 +132,90 @@ def field_types() -> dict[str, Any]:
     for cls in DATACLASSES:
         resolved = typing.get_type_hints(cls)
         for f in fields(cls):
-            if f.init and f.name not in hints:
-                hints[f.name] = resolved.get(f.name, f.type)
+            if f.init:
+                hints.setdefault(f.name, resolved.get(f.name, f.type))
     return hints
 
 
-_NO_VALUE = object()
+def key_locator(path: str | None) -> Callable[[str], str]:
+    """Where a key is: `recipe.yaml:LINE (key)` when it is a top-level key of the recipe file, else the key itself."""
+    lines: dict[str, int] = {}
+    if path and os.path.isfile(path):
+        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            match = re.match(r"^([A-Za-z_][\w.-]*)\s*:", line)
+            if match:
+                lines.setdefault(match.group(1), number)
+    return lambda key: f"{path}:{lines[key]} ({key})" if key in lines else key
 
 
-def did_you_mean(key: str, known: typing.Iterable[str], value: Any = _NO_VALUE) -> str:
+def load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise RecipeError(Problem(path, "recipe file not found", "check the path given to --config"))
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise RecipeError(
+            Problem(where, f"invalid YAML: {getattr(err, 'problem', err)}", "fix the YAML syntax")
+        ) from None
+    if not isinstance(config, dict | None):
+        raise RecipeError(Problem(path, "a recipe must be a YAML mapping of key: value", "see recipes/ for examples"))
+    return config or {}
+
+
+def scalar_kind(hint: Any) -> type | None:
+    """The scalar type a hint boils down to (int/float/bool/str), or None for containers and unions of several."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return scalar_kind(args[0]) if len(args) == 1 else None
+    return hint if hint in (int, float, bool, str) else None
+
+
+def _fits(kind: type, value: Any) -> bool:
+    """Whether the YAML value passes as it is: an int for a float, "true" for a bool, a number for a str."""
+    if isinstance(value, bool):
+        return kind in (bool, str)
+    if kind is bool:
+        return isinstance(value, str) and value.lower() in ("true", "false")
+    if kind is str:
+        return isinstance(value, (str, int, float))
+    if kind is int:
+        return isinstance(value, int)
+    return isinstance(value, (int, float))  # an int for a float key (learning_rate: 1)
+
+
+def check_types(config: dict[str, Any], hints: dict[str, Any], where: Callable[[str], str]) -> list[Problem]:
+    """Type problems in YAML values. Strings that argparse converts (a YAML `1e-5`) are warnings, not errors."""
+    problems = []
+    for key, value in config.items():
+        kind = scalar_kind(hints.get(key))
+        if kind is None or value is None or _fits(kind, value):
+            continue
+        try:
+            converted = kind(value) if isinstance(value, str) and kind in (int, float) else None
+        except ValueError:
+            converted = None
+        if converted is None:
+            got = f"{type(value).__name__} {value!r}"
+            problems.append(
+                Problem(where(key), f"expected {kind.__name__}, got {got}", f"set `{key}` to a {kind.__name__}")
+            )
+            continue
+        fix = f"write it without quotes: `{key}: {value}`"
+        if kind is float:
+            fix = f"write it as a float, e.g. `{key}: {float(value):.1e}`"
+        message = f"{value!r} was read by YAML as a string and converted to {converted!r}"
+        problems.append(Problem(where(key), message, fix, severity="warning"))
+    return problems
+
+
+def did_you_mean(key: str, known: typing.Iterable[str], value: Any = None) -> str:
     """The fix for an unknown key: the rename table's advice (sft_recipes.renames), else the closest known key.
     `value`, the key's YAML value when known, tailors the advice (`use_flash_attention_2: false` means sdpa)."""
-    advice = hint(key, None if value is _NO_VALUE else value, has_value=value is not _NO_VALUE)
+    advice = hint(key, value, has_value=value is not None)
     if advice:
         return advice
     match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
@@ -178,6 +226,10 @@ def _explicit_cli_keys(args: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
 
 
+def _unknown_flags(args: list[str], hints: dict[str, Any]) -> set[str]:
+    return {a for a in _explicit_cli_keys(args) if a not in hints and a.removeprefix("no_") not in hints}
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -185,28 +237,19 @@ def _has_accelerator() -> bool:
 
 
 def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
-    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors.
-
-    keep_going (validate): drop the offending keys instead, parse the rest, and return their errors among
-    `recipe.warnings`, so that every problem of the recipe is reported at once."""
-    args = list(argv)
-    config: dict[str, Any] = {}
-    path = None
+    """Parse `--config R.yaml [--key value ...]` strictly: unknown keys and wrong types are RecipeErrors. keep_going
+    (validate): drop the offending keys instead, parse the rest, and return their errors among `recipe.warnings`,
+    so that every problem of the recipe is reported at once."""
+    args, path = list(argv), None
     if "--config" in args:
         index = args.index("--config")
         if index + 1 >= len(args):
             raise RecipeError(Problem("--config", "missing the recipe path", "--config recipes/<model>/<method>.yaml"))
-        path = args[index + 1]
-        del args[index : index + 2]
-        config = load_yaml(path)
+        path = args.pop(index + 1)
+        del args[index]
+    config = load_yaml(path) if path is not None else {}
     overrides = list(args)
-
-    hints = field_types()
-    lines = key_lines(path) if path else {}
-
-    def where(key: str) -> str:
-        return f"{path}:{lines[key]} ({key})" if key in lines else key
-
+    hints, where = field_types(), key_locator(path)
     env = config.pop("env", None) or {}
     problems = _key_problems(config, args, hints, where)
     if not isinstance(env, dict):
@@ -215,8 +258,13 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     errors = [p for p in problems if p.severity == "error"]
     if errors and not keep_going:
         raise RecipeError(errors)
-    if errors:
-        config, args = _without_bad_keys(config, args, hints, where)
+    if errors:  # the recipe minus unknown keys and wrongly typed values, the command line minus unknown flags
+        config = {
+            k: v
+            for k, v in config.items()
+            if k in hints and all(p.severity != "error" for p in check_types({k: v}, hints, where))
+        }
+        args = _without_flags(args, _unknown_flags(args, hints))
 
     for key, value in env.items():
         os.environ[str(key)] = str(value)
@@ -234,55 +282,36 @@ def parse_recipe(argv: list[str], keep_going: bool = False) -> Recipe:
     }
     if env:
         resolved["env"] = {k: ("<redacted>" if SECRET_PATTERN.search(str(k)) else v) for k, v in env.items()}
-    for key in ("hub_token",):
-        if resolved.get(key):
-            resolved[key] = "<redacted>"
+    if resolved.get("hub_token"):
+        resolved["hub_token"] = "<redacted>"
     if training.hub_token:
         # On the args, a token is pickled into training_args.bin with every checkpoint; the hub client reads HF_TOKEN.
         os.environ.setdefault("HF_TOKEN", training.hub_token)
         training.hub_token = None
-    return Recipe(
-        script,
-        training,
-        model,
-        mixture,
-        path,
-        explicit,
-        resolved,
-        problems if keep_going else [p for p in problems if p.severity == "warning"],
-        overrides,
-    )
+    kept = problems if keep_going else [p for p in problems if p.severity == "warning"]
+    return Recipe(script, training, model, mixture, path, explicit, resolved, kept, overrides)
 
 
 def _key_problems(
-    config: dict[str, Any], args: list[str], hints: dict[str, Any], where: typing.Callable[[str], str]
+    config: dict[str, Any], args: list[str], hints: dict[str, Any], where: Callable[[str], str]
 ) -> list[Problem]:
     """Unknown keys and flags (with the renamed-key or did-you-mean hint) and wrongly typed YAML values."""
     problems = [
-        Problem(where(key), f"unknown key `{key}`", did_you_mean(key, hints, config[key]))
-        for key in config
-        if key not in hints
+        Problem(where(k), f"unknown key `{k}`", did_you_mean(k, hints, config[k])) for k in config if k not in hints
     ]
-    for arg in _explicit_cli_keys(args):
-        if arg not in hints and arg.removeprefix("no_") not in hints and arg not in ("help", "help-all"):
-            problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
+    for arg in _unknown_flags(args, hints) - {"help", "help-all"}:
+        problems.append(Problem(f"--{arg}", f"unknown flag `--{arg}`", did_you_mean(arg, hints)))
     return problems + check_types({k: v for k, v in config.items() if k in hints}, hints, where)
 
 
 def _dataclasses(
-    config: dict[str, Any],
-    args: list[str],
-    defaults: dict[str, Any],
-    where: typing.Callable[[str], str],
-    path: str | None,
+    config: dict[str, Any], args: list[str], defaults: dict[str, Any], where: Callable[[str], str], path: str | None
 ) -> tuple[Any, Any, Any, Any]:
     """(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig), their __post_init__ errors named by key."""
     parser = _parser()
     parser.set_defaults_with_config(**defaults, **config)
     try:
         return tuple(parser.parse_args_into_dataclasses(args=args))  # type: ignore[return-value]
-    except RecipeError:
-        raise
     except (ValueError, TypeError) as err:
         if "support bf16" in str(err):  # transformers' message names no fix; bf16 is on by default in TRL
             raise RecipeError(
@@ -295,15 +324,16 @@ def _dataclasses(
         culprits = _culprits(config, args, defaults)
         names = [k.removeprefix("--") for k in culprits]
         fix = f"fix {' or '.join(f'`{k}`' for k in names)}" if names else "fix the value named above"
-        where_ = ", ".join(where(k) for k in culprits) or path or "command line"
-        raise RecipeError(Problem(where_, str(err), fix)) from None
+        raise RecipeError(
+            Problem(", ".join(where(k) for k in culprits) or path or "command line", str(err), fix)
+        ) from None
 
 
 def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any]) -> list[str]:
     """The recipe keys and flags without which the dataclasses accept the recipe: what a __post_init__ error is
     about (TRL's "You can't use 8 bit and 4 bit precision at the same time" names no key). Flags as `--name`."""
     trials = [(key, {k: v for k, v in config.items() if k != key}, args) for key in config]
-    trials += [(f"--{flag}", config, _without_flag(args, flag)) for flag in sorted(_explicit_cli_keys(args))]
+    trials += [(f"--{flag}", config, _without_flags(args, {flag})) for flag in sorted(_explicit_cli_keys(args))]
     found = []
     for name, trial_config, trial_args in trials:
         parser = _parser()
@@ -316,44 +346,16 @@ def _culprits(config: dict[str, Any], args: list[str], defaults: dict[str, Any])
     return found
 
 
-def _without_flag(args: list[str], flag: str) -> list[str]:
-    """The command line minus `--flag` and its value (`--flag value`, `--flag=value` or a bare boolean flag)."""
+def _without_flags(args: list[str], names: set[str]) -> list[str]:
+    """The command line minus the flags `names`, with their values (`--flag value`, `--flag=value` or bare)."""
     kept: list[str] = []
-    skip = False
+    skip = False  # the last flag was dropped and may be followed by its value
     for arg in args:
-        if skip:
-            skip = False
-            if not arg.startswith("--"):
-                continue
-        if arg == f"--{flag}":
-            skip = True
-            continue
-        if not arg.startswith(f"--{flag}="):
-            kept.append(arg)
-    return kept
-
-
-def _without_bad_keys(
-    config: dict[str, Any], args: list[str], hints: dict[str, Any], where: typing.Callable[[str], str]
-) -> tuple[dict[str, Any], list[str]]:
-    """The recipe minus unknown keys and wrongly typed values, and the command line minus unknown flags."""
-    good = {
-        k: v
-        for k, v in config.items()
-        if k in hints and all(p.severity != "error" for p in check_types({k: v}, hints, where))
-    }
-    kept: list[str] = []
-    skip = False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
-        if name is not None and name not in hints and name.removeprefix("no_") not in hints:
-            skip = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
-            continue
-        kept.append(arg)
-    return good, kept
+        if (name is None and not skip) or (name is not None and name not in names):
+            kept.append(arg)
+        skip = name in names and "=" not in arg
+    return kept
 
 
 def _plain(value: Any) -> Any:

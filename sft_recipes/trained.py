@@ -13,12 +13,12 @@ from typing import Any
 
 import yaml
 
+from sft_recipes.config import load_yaml
 from sft_recipes.environment import has_package
 from sft_recipes.errors import RecipeError, error
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype, text_config
 from sft_recipes.model.loading import embedding_rows, load_model, load_processing_class
 from sft_recipes.model.rope import BASE_CONFIG
-from sft_recipes.recipe_file import load_yaml
 from sft_recipes.run_dir import checkpoints
 from sft_recipes.topology import Topology
 

@@ -1,7 +1,6 @@
 """Check a recipe, its model's config.json, tokenizer, data, accelerate config and hardware without loading weights.
 
-Usage: sft-recipes validate --config recipes/<model>/<method>.yaml [--key value ...] [--accelerate_config NAME|PATH]
-"""
+Usage: sft-recipes validate --config recipes/<model>/<method>.yaml [--key value ...] [--accelerate_config NAME|PATH]"""
 
 from __future__ import annotations
 
@@ -44,8 +43,6 @@ def main(argv: list[str]) -> int:
     recipe = parse_recipe(rest, keep_going=True)
     v = validate(recipe, topology)
     v.problems = problems + v.problems
-    if topology is not None:
-        v.summary["distributed"] = f"{topology.mode} x {topology.num_processes} ({topology.config_path})"
     for problem in v.problems:
         if problem.severity == "warning":
             print(f"warning: {problem}".replace("\n", "\n  "), file=sys.stderr)

@@ -1,5 +1,4 @@
-"""Checks of the training data: loading it as train does, then its first rows prepared by TRL's own SFTTrainer on
-the meta model (inspection's engine): trained tokens, truncation, the stop token and the loss mask."""
+"""Checks of the training data, loaded as train loads it, and of its first rows as TRL's SFTTrainer prepares them."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ SAMPLE_ROWS = 32  # rows prepared for the trained-token share, truncation and st
 
 
 def check_data(v: Validation) -> None:
-    """Load and check the data as train does (file:line problems, columns, roles, images), then prepare its first
-    rows with TRL's SFTTrainer on the meta model: share of trained tokens, truncation, the stop token."""
+    """The data's file:line problems, columns, roles and images, then its first rows prepared on the meta model
+    (inspection's engine): share of trained tokens, truncation, the stop token and the loss mask."""
     from sft_recipes.data.loading import load_training_data
     from sft_recipes.data.rendering import unrendered_tool_use
     from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT
@@ -29,11 +28,9 @@ def check_data(v: Validation) -> None:
     first = next(iter(train), None)
     if first is None:
         return
-    columns = sorted(first)
+    examples = v.examples if v.examples is not None else "streaming"
+    v.summary["data"] = f"{examples} examples (columns: {', '.join(sorted(first))})"
     conversational = "messages" in first or isinstance(first.get("prompt"), list)
-    v.summary["data"] = (
-        f"{v.examples if v.examples is not None else 'streaming'} examples (columns: {', '.join(columns)})"
-    )
     if conversational and not getattr(v.tokenizer, "chat_template", None):
         v.add(
             v.key("chat_template_path"),

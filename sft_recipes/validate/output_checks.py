@@ -1,4 +1,4 @@
-"""Checks of output_dir: a finished run, a live run writing there, and the disk space checkpoints will take."""
+"""Checks of output_dir: a finished run (#19), a live run writing there, the disk space checkpoints take (#20)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sft_recipes.validate.validation import Validation
 
-GIB = 1024**3
-
 
 def check_output_dir(v: Validation) -> None:
-    """#19 a finished run in output_dir, a live run writing there, and #20 the disk space checkpoints will take."""
     from sft_recipes.run_dir import lock_holder, resume_checkpoint
 
-    t, s = v.recipe.training, v.recipe.script
-    out = t.output_dir
-    if not _check_writable(v, out):
+    t, out = v.recipe.training, v.recipe.training.output_dir
+    root = _writable_root(v, out)
+    if root is None:
         return
-    resume = resume_checkpoint(out, t.resume_from_checkpoint, s.overwrite_output_dir)
+    resume = resume_checkpoint(out, t.resume_from_checkpoint, v.recipe.script.overwrite_output_dir)
     if resume:
         v.summary["resume"] = f"from {resume}"
     pid = lock_holder(out) if int(os.environ.get("RANK", "0")) == 0 else None
@@ -33,58 +30,48 @@ def check_output_dir(v: Validation) -> None:
             "wait for it, or pick another output_dir",
         )
     if v.params is not None:
-        _check_disk(v)
+        _check_disk(v, root)
 
 
-def _check_writable(v: Validation, out: str) -> bool:
-    """output_dir must be a folder this process can create or write: a file there (or above) stops the first mkdir."""
+def _writable_root(v: Validation, out: str) -> Path | None:
+    """output_dir's nearest existing folder; None when a file there (or above) or permissions stop the first mkdir."""
     path = Path(os.path.abspath(out))
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         where = "is an existing file" if blocking == path else f"is below the file {blocking}"
         v.add(v.key("output_dir"), f"{out} {where}: it must be a folder", "pick another output_dir, or move the file")
-        return False
+        return None
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         v.add(v.key("output_dir"), f"{existing} is not writable by this user", "pick an output_dir you can write to")
-        return False
-    return True
+        return None
+    return existing
 
 
-def _check_disk(v: Validation) -> None:
+def _check_disk(v: Validation, root: Path) -> None:
+    from sft_recipes.model.kind import resolve_dtype
+
     t, m, s = v.recipe.training, v.recipe.model, v.recipe.script
     trainable = v.trainable or 0
     assert v.params is not None
-    weights = trainable * 4 if m.use_peft else v.params * _bytes_per_param(v)  # adapters are kept in fp32 by PEFT
+    # PEFT keeps adapters in fp32
+    weights = trainable * 4 if m.use_peft else v.params * resolve_dtype(m.dtype, t, v.config).itemsize
     per_save = weights + (0 if t.save_only_model else 8 * trainable)  # Adam: two fp32 moments per trainable param
     saves = _checkpoints_kept(v)
     final = weights + (2 * v.params if s.merge_adapter and m.use_peft else 0)
-    need = saves * per_save + final
-    root = Path(os.path.abspath(t.output_dir))
-    while not root.exists():
-        root = root.parent
-    free = free_space(root)
-    v.summary["disk"] = (
-        f"~{_size(need)} ({saves} checkpoint(s) x {_size(per_save)} + final {_size(final)}), {_size(free)} free "
-        f"at {root}"
-    )
+    need, free = saves * per_save + final, free_space(root)
+    sizes = f"x {_size(per_save)} + final {_size(final)}"
+    v.summary["disk"] = f"~{_size(need)} ({saves} checkpoint(s) {sizes}), {_size(free)} free at {root}"
     if need > free:
         v.add(
             v.key("output_dir"),
-            f"the checkpoints need ~{_size(need)} ({saves} x {_size(per_save)} + final {_size(final)}) but {root} "
-            f"has {_size(free)} free",
+            f"the checkpoints need ~{_size(need)} ({saves} {sizes}) but {root} has {_size(free)} free",
             "free disk space, set save_total_limit (e.g. 2) or save_only_model: true, or pick another output_dir",
         )
 
 
 def free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
-
-
-def _bytes_per_param(v: Validation) -> int:
-    from sft_recipes.model.kind import resolve_dtype
-
-    return resolve_dtype(v.recipe.model.dtype, v.recipe.training, v.config).itemsize
 
 
 def _checkpoints_kept(v: Validation) -> int:
@@ -108,7 +95,7 @@ def _checkpoints_kept(v: Validation) -> int:
 
 
 def _size(n: float) -> str:
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= scale / 10:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"

@@ -7,27 +7,21 @@ from typing import Any
 
 from sft_recipes.errors import RecipeError
 from sft_recipes.topology import Topology
-from sft_recipes.validate.data_checks import check_data
-from sft_recipes.validate.integration_checks import check_hub, check_kernels, check_trackers
-from sft_recipes.validate.model_checks import check_context, check_meta_model, check_model_files, check_vlm
-from sft_recipes.validate.output_checks import check_output_dir
-from sft_recipes.validate.range_checks import check_ranges
-from sft_recipes.validate.recipe_checks import (
-    check_attention,
-    check_choices,
-    check_distribution,
-    check_hardware,
-    check_quantization,
-)
-from sft_recipes.validate.tokenizer_checks import check_tokenizer
+from sft_recipes.validate import data_checks, model_checks, output_checks, recipe_checks
 from sft_recipes.validate.validation import Validation
 
 logger = logging.getLogger("sft_recipes")
 RECIPE_STAGES = (
-    check_ranges, check_choices, check_distribution, check_hardware, check_quantization, check_hub, check_trackers,
-    check_kernels, check_model_files,
+    recipe_checks.check_ranges, recipe_checks.check_choices, recipe_checks.check_distribution,
+    recipe_checks.check_hardware, recipe_checks.check_quantization, recipe_checks.check_hub,
+    recipe_checks.check_trackers, recipe_checks.check_kernels, model_checks.check_model_files,
 )  # fmt: skip
-CONFIG_STAGES = (check_context, check_vlm, check_attention, check_meta_model, check_tokenizer)  # need config.json
+CONFIG_STAGES = (  # need config.json
+    model_checks.check_context,
+    model_checks.check_vlm,
+    model_checks.check_meta_model,
+    model_checks.check_tokenizer,
+)
 
 
 def validate(recipe: Any, topology: Topology | None = None, data: bool = True) -> Validation:
@@ -36,6 +30,7 @@ def validate(recipe: Any, topology: Topology | None = None, data: bool = True) -
     v = Validation(recipe, problems=list(recipe.warnings))
     if topology is not None:
         v.topology = topology
+        v.summary["distributed"] = f"{topology.mode} x {topology.num_processes} ({topology.config_path})"
     else:
         try:
             v.topology = Topology.from_env(recipe.training)
@@ -47,8 +42,8 @@ def validate(recipe: Any, topology: Topology | None = None, data: bool = True) -
         for stage in CONFIG_STAGES:
             _run(stage, v)
         if data and v.tokenizer is not None:
-            _run(check_data, v)
-    _run(check_output_dir, v)
+            _run(data_checks.check_data, v)
+    _run(output_checks.check_output_dir, v)
     return v
 
 

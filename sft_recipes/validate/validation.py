@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from sft_recipes.errors import Problem
@@ -26,7 +27,6 @@ class Validation:
     tokenizer: Any = None
     model: Any = None  # the model's skeleton on the meta device
     statistics: dict[str, Any] | None = None  # inspection's statistics of the first data rows
-    lines: dict[str, int] | None = None  # recipe key -> line in the YAML file
 
     @property
     def errors(self) -> list[Problem]:
@@ -39,18 +39,15 @@ class Validation:
     def add(self, where: str, message: str, fix: str = "", warning: bool = False) -> None:
         self.problems.append(Problem(where, message, fix, "warning" if warning else "error"))
 
-    def key(self, name: str) -> str:
-        """`recipe.yaml:LINE (name)` when the key is in the recipe file, else the key itself."""
-        from sft_recipes.recipe_file import key_lines
+    @cached_property
+    def key(self) -> Callable[[str], str]:
+        """`v.key(name)`: `recipe.yaml:LINE (name)` when the key is in the recipe file, else the key itself."""
+        from sft_recipes.config import key_locator
 
-        path = self.recipe.path
-        if self.lines is None:
-            self.lines = key_lines(path) if path and os.path.isfile(path) else {}
-        return f"{path}:{self.lines[name]} ({name})" if name in self.lines else name
+        return key_locator(self.recipe.path)
 
     def extend(self, problems: list[Problem]) -> None:
-        """Problems from the model, data and inspection layers, which name bare keys: point at the recipe's line
-        when the key is in it."""
+        """Problems from the model, data and inspection layers: a bare key that is in the recipe points at its line."""
         self.problems += [
             replace(p, where=self.key(p.where)) if p.where in self.recipe.explicit else p for p in problems
         ]

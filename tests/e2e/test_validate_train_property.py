@@ -22,7 +22,7 @@ def empty_output_dir(tmp, _, places) -> None:
 
 # fmt: off
 ACCEPTED = [
-    # the inner edge of each range of sft_recipes/validate/range_checks.py
+    # the inner edge of each range of sft_recipes/validate/recipe_checks.py
     case("lora-r-one", lora_r=1, **LORA),
     case("lora-alpha-one", lora_alpha=1, **LORA),
     case("lora-dropout-zero", lora_dropout=0.0, **LORA),

@@ -130,7 +130,7 @@ CASES = [
          argv=["--accelerate_config", str(BAD / "accelerate_broken.yaml")]),
     case("accelerate-unknown-distributed-type", "accelerate_unknown_type.yaml", "MEGATRON_LM",
          argv=["--accelerate_config", str(BAD / "accelerate_unknown_type.yaml")]),
-    # ranges (sft_recipes/validate/range_checks.py): what torch, PEFT or transformers refuse after the weights load
+    # ranges (sft_recipes/validate/recipe_checks.py): what torch, PEFT or transformers refuse after the weights load
     case("lora-r-zero", "@lora_r", "(>= 1)", "positive integer", lora_r=0, **LORA),
     case("lora-r-negative", "@lora_r", "(>= 1)", lora_r=-8, **LORA),
     case("lora-alpha-zero", "@lora_alpha", "(> 0)", "no-op", lora_alpha=0, **LORA),

@@ -22,7 +22,7 @@ def test_every_range_is_a_numeric_recipe_field_with_a_case_outside_it():
     import typing
 
     from sft_recipes.config import field_types
-    from sft_recipes.validate.range_checks import RANGES
+    from sft_recipes.validate.recipe_checks import RANGES
 
     hints = field_types()
     named = {expected[1:] for param in CASES for expected in param.values[0].expect if expected.startswith("@")}
