@@ -185,7 +185,11 @@ def _load(cfg, where: str, split: str | None, streaming: bool) -> Any:
     if not_objects:  # datasets would load [1, 2] as a `text` column of numbers and blame each row
         raise RecipeError(not_objects)
     try:
-        return datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
+        loaded = datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
+        if streaming and local_files:  # a stream is parsed only as it is read: read its head where errors are named
+            for stream in loaded.values() if isinstance(loaded, dict) else [loaded]:
+                list(stream.take(STREAMING_CHECK_ROWS))
+        return loaded
     except Exception as e:  # datasets raises a dozen types; the user needs the file:line or the reason, not a trace
         pinpointed = [p for f in local_files for p in check_file(f)]
         if pinpointed:

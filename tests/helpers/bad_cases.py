@@ -88,6 +88,8 @@ CASES = [
     # 17: data
     case("data-file-missing", "{tmp}/nope.jsonl", "file not found", dataset_name="{tmp}/nope.jsonl"),
     case("malformed-jsonl-line", "malformed.jsonl:3", "malformed JSON", dataset_name="{bad}/malformed.jsonl"),
+    case("malformed-jsonl-line-streamed", "malformed.jsonl:3", "malformed JSON", dataset_name="{bad}/malformed.jsonl",
+         dataset_streaming=True, max_steps=1),
     case("mixture-column-missing", "datasets[0].columns", "columns found: 'messages'",
          datasets=[{"path": "{data}", "columns": ["conversation"]}]),
     case("missing-columns-listed", "columns found: 'question', 'answer'", dataset_name="{bad}/wrong_columns.jsonl"),
@@ -229,6 +231,8 @@ CASES = [
          datasets=[{"path": "json", "data_files": "{bad}/numbers.json"}]),
     case("jsonl-of-strings", "strings.jsonl:1", "each line must be a JSON object, got str",
          dataset_name="{bad}/strings.jsonl"),
+    case("jsonl-of-strings-streamed", "strings.jsonl:1", "each line must be a JSON object, got str",
+         dataset_name="{bad}/strings.jsonl", dataset_streaming=True, max_steps=1),
     case("mixture-row-named-by-its-file", "bad_role.jsonl[row 1]", "bot",
          datasets=[{"path": "json", "data_files": "{bad}/bad_role.jsonl"}]),
     case("eval-split-size-too-big", "test_split_size", "a fraction in (0, 1) or a row count",
