@@ -1,8 +1,4 @@
-"""The one table of recipe keys and values that TRL, transformers, alignment-handbook or open-r1 renamed or removed.
-
-`sft-recipes migrate` applies it; the strict parser's hints (config.did_you_mean) quote it. Each entry records where
-it came from: the library's own deprecation code where there was some, else the release that dropped the key.
-"""
+"""The one table of recipe keys and values that TRL, transformers, alignment-handbook or open-r1 renamed or removed."""
 
 from __future__ import annotations
 
@@ -21,12 +17,8 @@ class Renamed:
     action: str  # rename | flag | drop | env | warmup | liger | template | mixture | mixer | configs | splits
     reason: str
     source: str
-    fix: str = ""  # validate's advice when it is more than "use `new`"
+    fix: str = ""  # validate's advice when it is more than "use `new`" (env: set it in the `env:` block)
     value: Any = None  # flag: (value of `new` for true, for false or None to drop it); env: the variable's name
-
-
-def _entries(*entries: Renamed) -> dict[str, Renamed]:
-    return {e.old: e for e in entries}
 
 
 TRL_SFT = "trl/trainer/sft_config.py"
@@ -34,7 +26,7 @@ TRANSFORMERS_ARGS = "transformers/training_args.py"
 HANDBOOK = "alignment-handbook src/alignment"
 OPEN_R1 = "open-r1 src/open_r1/configs.py"
 
-RENAMED = _entries(
+RENAMED = {e.old: e for e in (
     # TRL
     Renamed(
         "max_seq_length", "max_length", "rename", "TRL 0.20 removed it (deprecated since 0.16 for `max_length`)",
@@ -139,7 +131,6 @@ RENAMED = _entries(
     Renamed(
         "logging_dir", None, "env", "transformers 5 removed it: the TensorBoard callback reads "
         "TENSORBOARD_LOGGING_DIR", "transformers/integrations/integration_utils.py 5.24 (TensorBoardCallback)",
-        fix="set it in the recipe's `env:` block: `env: {TENSORBOARD_LOGGING_DIR: ...}`",
         value="TENSORBOARD_LOGGING_DIR",
     ),
     Renamed(
@@ -215,20 +206,13 @@ RENAMED = _entries(
         "overwrite_hub_revision", None, "drop", "open-r1's switch for its revision-push callback",
         f"{OPEN_R1} SFTConfig.overwrite_hub_revision",
     ),
-    Renamed(
-        "wandb_entity", None, "env", "open-r1 exported it as WANDB_ENTITY for wandb; the recipe's `env:` block does "
-        "that", "open-r1 src/open_r1/utils/wandb_logging.py init_wandb_training", value="WANDB_ENTITY",
-        fix="set it in the recipe's `env:` block: `env: {WANDB_ENTITY: ...}`",
-    ),
-    Renamed(
-        "wandb_project", None, "env", "open-r1 exported it as WANDB_PROJECT for wandb; the recipe's `env:` block "
-        "does that", "open-r1 src/open_r1/utils/wandb_logging.py init_wandb_training", value="WANDB_PROJECT",
-        fix="set it in the recipe's `env:` block: `env: {WANDB_PROJECT: ...}`",
-    ),
-    Renamed(
-        "wandb_run_group", None, "env", "open-r1 exported it as WANDB_RUN_GROUP for wandb; the recipe's `env:` "
-        "block does that", "open-r1 src/open_r1/utils/wandb_logging.py init_wandb_training", value="WANDB_RUN_GROUP",
-        fix="set it in the recipe's `env:` block: `env: {WANDB_RUN_GROUP: ...}`",
+    *(
+        Renamed(
+            f"wandb_{name}", None, "env", f"open-r1 exported it as WANDB_{name.upper()} for wandb; the recipe's "
+            "`env:` block does that", "open-r1 src/open_r1/utils/wandb_logging.py init_wandb_training",
+            value=f"WANDB_{name.upper()}",
+        )
+        for name in ("entity", "project", "run_group")
     ),
     Renamed(
         "vision_model", None, "drop", "a fork's switch for vision-language models; sft-recipes reads the kind "
@@ -243,7 +227,7 @@ RENAMED = _entries(
         "tokenizer_name", "tokenizer_name_or_path", "rename", "open-instruct's name for the tokenizer to load",
         "open-instruct finetune.py FlatArguments.tokenizer_name",
     ),
-)  # fmt: skip
+)}  # fmt: skip
 
 # (key, old value) -> (new value, reason, source): values renamed while the key stayed.
 VALUES: dict[tuple[str, Any], tuple[Any, str, str]] = {
@@ -291,6 +275,8 @@ def hint(key: str, value: Any = None, has_value: bool = False) -> str | None:
         return f"use `{entry.new}: {off}`, which is what `{key}: false` meant"
     if entry.fix:
         return entry.fix
+    if entry.action == "env":
+        return f"set it in the recipe's `env:` block: `env: {{{entry.value}: ...}}`"
     if entry.new is None:
         return f"remove it: {entry.reason}"
     return f"renamed upstream: use `{entry.new}` ({entry.reason}); `sft-recipes migrate` rewrites old recipes"
