@@ -1,5 +1,4 @@
-"""How well one model does on the held-out rows: loss and perplexity over the trained tokens, and greedy answers
-scored against the references with exact match and ROUGE-L (Google's `rouge-score`)."""
+"""One model on the held-out rows: loss and perplexity over the trained tokens, exact match and ROUGE-L of answers."""
 
 from __future__ import annotations
 
@@ -42,6 +41,7 @@ def token_loss(model: Any, batches: Any) -> tuple[float, int]:
     """(summed negative log-likelihood, token count) over the tokens whose label is not -100, each predicted from
     the tokens before it: the loss train minimises, without its batch averaging."""
     import torch
+    from torch.nn.functional import cross_entropy
 
     total, count = 0.0, 0
     with torch.no_grad():
@@ -54,21 +54,15 @@ def token_loss(model: Any, batches: Any) -> tuple[float, int]:
             logits = model(**inputs, use_cache=False).logits
             for row_logits, row_labels in zip(logits, labels, strict=True):  # one row at a time in fp32
                 targets = row_labels[1:]
-                nll = torch.nn.functional.cross_entropy(
-                    row_logits[:-1].float(), targets, ignore_index=-100, reduction="sum"
-                )
+                nll = cross_entropy(row_logits[:-1].float(), targets, ignore_index=-100, reduction="sum")
                 total += float(nll)
                 count += int((targets != -100).sum())
     return total, count
 
 
-def normalized(text: str) -> str:
-    return " ".join(text.split())
-
-
 def exact_match(reference: str, answer: str) -> bool:
     """The same text, whitespace aside."""
-    return normalized(reference) == normalized(answer)
+    return reference.split() == answer.split()
 
 
 class _Words:
@@ -88,28 +82,18 @@ def rouge_scorer() -> Any:
     return scorers.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
-def answers(run: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> list[Answer]:
-    """Each sample's greedy answer, stopped at the run's EOS ids, and its scores."""
-    out = []
-    for sample in samples:
-        text = run.reply(sample.prompt, max_new_tokens, do_sample=False, num_beams=1)
-        rouge = scorer.score(sample.reference, text)["rougeL"].fmeasure
-        out.append(Answer(text, exact_match(sample.reference, text), float(rouge)))
-    return out
-
-
 def score(run: Any, batches: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> tuple[Figures, list[Any]]:
-    """The figures of `run`'s model over the prepared batches and the samples, and its answers."""
+    """The figures of `run`'s model over the prepared batches and the samples, and its greedy answers (stopped at the
+    run's EOS ids)."""
     total, count = token_loss(run.model, batches)
     if count == 0:
-        raise RecipeError(
-            Problem(
-                "data",
-                "no token of the held-out rows is trained (every label is masked)",
-                "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either",
-            )
-        )
-    replies = answers(run, samples, max_new_tokens, scorer)
+        fix = "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either"
+        raise RecipeError(Problem("data", "no token of the held-out rows is trained (every label is masked)", fix))
+    replies = []
+    for sample in samples:
+        text = run.reply(sample.prompt, max_new_tokens, do_sample=False, num_beams=1)
+        f1 = scorer.score(sample.reference, text)["rougeL"].fmeasure
+        replies.append(Answer(text, exact_match(sample.reference, text), float(f1)))
     loss = total / count
     share = sum(a.exact_match for a in replies) / len(replies) if replies else None
     rouge = sum(a.rouge_l for a in replies) / len(replies) if replies else None
@@ -138,8 +122,7 @@ def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
         base = BaseModel(override, f"--base {override}")
     elif layout.recipe.get("model_name_or_path"):
         name = str(layout.recipe["model_name_or_path"])
-        where = f"{layout.recipe_path}: model_name_or_path {name}"
-        base = BaseModel(name, where, layout.recipe.get("model_revision"))
+        base = BaseModel(name, f"{layout.recipe_path}: model_name_or_path {name}", layout.recipe.get("model_revision"))
     elif recipe.path and recipe.model.model_name_or_path:
         name = recipe.model.model_name_or_path
         base = BaseModel(name, f"{recipe.path}: model_name_or_path {name}", recipe.model.model_revision)
