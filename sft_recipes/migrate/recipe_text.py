@@ -22,8 +22,7 @@ def end_of(node: Node) -> tuple[int, int]:
 
 def flow(value: Any) -> str:
     """A value as one line of YAML (quoted where YAML would misread it)."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
-    return text[1:-1]
+    return yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()[1:-1]
 
 
 @dataclass
@@ -58,9 +57,7 @@ class RecipeText:
     def comment(self, node: Node) -> str:
         """The `# comment` after a one-line node, or ''."""
         line, column = end_of(node)
-        if line >= len(self.lines):
-            return ""
-        rest = self.lines[line][column:].strip()
+        rest = self.lines[line][column:].strip() if line < len(self.lines) else ""
         return rest if rest.startswith("#") else ""
 
     def replace_node(self, node: Node, text: str) -> None:

@@ -126,9 +126,8 @@ def _warmup(state: Rewrite, key: str, entry: Any) -> None:
     doc.replace_node(doc.pairs[key][0], "warmup_steps")
     if float(ratio) >= 1:
         doc.replace_node(doc.pairs[key][1], "0.999")
-        state.note(
-            key, f"{key}: {ratio} -> warmup_steps: 0.999", "warmup_steps 1 would be one step; " + entry.reason, True
-        )
+        why = "warmup_steps 1 would be one step; " + entry.reason
+        state.note(key, f"{key}: {ratio} -> warmup_steps: 0.999", why, True)
         return
     state.note(key, f"{key}: {ratio} -> warmup_steps: {ratio}", entry.reason)
 
@@ -138,13 +137,11 @@ def _liger(state: Rewrite, key: str, entry: Any) -> None:
     if not _truthy(state.data[key]):
         state.note(key, f"{key}: false removed", "false is the default")
         return
-    why = RENAMED["use_liger_kernel"].reason
-    state.note(
-        key,
-        f"{key}: true removed",
-        f"{why}. On a CUDA machine with liger-kernel installed, `use_liger_kernel: true` still works (deprecated); "
-        "once `kernels` installs, `model_init_kwargs: {use_kernels: true}` replaces it",
+    why = (
+        f"{RENAMED['use_liger_kernel'].reason}. On a CUDA machine with liger-kernel installed, `use_liger_kernel: "
+        "true` still works (deprecated); once `kernels` installs, `model_init_kwargs: {use_kernels: true}` replaces it"
     )
+    state.note(key, f"{key}: true removed", why)
 
 
 def _template(state: Rewrite, key: str, entry: Any) -> None:
@@ -205,9 +202,7 @@ def _values(state: Rewrite, key: str, known: dict[str, Any]) -> None:
         doc.replace_node(node, f'"{node.value}"')
         state.note(key, f'{key}: {node.value} -> "{node.value}"', "YAML reads an unquoted yes/no/on/off as true/false")
     elif isinstance(value, dict) and any((key, inner) in INNER_REMOVED for inner in value):
-        drop_inner(
-            state, key, {inner: INNER_REMOVED[(key, inner)][0] for inner in value if (key, inner) in INNER_REMOVED}
-        )
+        _drop_inner(state, key)
 
 
 def _takes_str(hint: Any) -> bool:
@@ -215,7 +210,7 @@ def _takes_str(hint: Any) -> bool:
     return bool not in args and any(a is str or (isinstance(a, type) and issubclass(a, enum.Enum)) for a in args)
 
 
-def rewrite_mixture(state: Rewrite, key: str, entry: Any) -> None:
+def _mixture(state: Rewrite, key: str, entry: Any) -> None:
     """`dataset_mixture: {datasets: [{id, config, split, columns, weight}], test_split_size, seed}` -> `datasets:`."""
     doc = state.doc
     head, mapping = doc.pairs[key]
@@ -318,7 +313,7 @@ def percent_of(weight: float) -> tuple[int, bool]:
     return whole, abs(percent - whole) < 1e-6
 
 
-def rewrite_mixer(state: Rewrite, key: str, entry: Any) -> None:
+def _mixer(state: Rewrite, key: str, entry: Any) -> None:
     """alignment-handbook 0.3: `dataset_mixer: {id: fraction}`, `dataset_splits`, `dataset_configs` -> dataset_name
     and its splits (one dataset, whole), else a `datasets:` list of the train splits."""
     doc, data = state.doc, state.data
@@ -330,8 +325,7 @@ def rewrite_mixer(state: Rewrite, key: str, entry: Any) -> None:
         if consumed in doc.pairs:
             doc.delete(consumed)
             state.note(consumed, f"{consumed} folded into the datasets", entry.reason)
-    fractions = list(mixer.values())
-    if len(mixer) == 1 and len(splits["train"]) == 1 and len(splits["test"]) <= 1 and fractions[0] == 1:
+    if list(mixer.values()) == [1] and len(splits["train"]) == 1 and len(splits["test"]) <= 1:
         lines = [f"dataset_name: {flow(next(iter(mixer)))}"]
         lines += [f"dataset_config: {flow(configs[0])}"] if configs and configs[0] else []
         lines += [f"dataset_train_split: {flow(splits['train'][0])}"] if splits["train"][0] != "train" else []
@@ -364,18 +358,17 @@ def _no_eval_datasets(state: Rewrite, key: str, tests: list[str]) -> None:
         state.note(key, f"test splits {tests} dropped", "evaluation is off in this recipe: they were not used")
         return
     doc.replace_node(doc.pairs[name][1], '"no"')
-    state.note(
-        name,
-        f'{name}: {value} -> "no"',
+    why = (
         f"TRL's mixture has no separate evaluation datasets, so the test splits {tests} are gone; to evaluate, hold "
-        "out rows of the mixture with `test_split_size` (as alignment-handbook's later recipes do)",
-        True,
+        "out rows of the mixture with `test_split_size` (as alignment-handbook's later recipes do)"
     )
+    state.note(name, f'{name}: {value} -> "no"', why, True)
 
 
-def drop_inner(state: Rewrite, key: str, reasons: dict[str, str]) -> None:
+def _drop_inner(state: Rewrite, key: str) -> None:
     """Remove entries of a dict-valued key that TRL no longer reads (the key itself when nothing is left)."""
     doc = state.doc
+    reasons = {inner: INNER_REMOVED[(key, inner)][0] for inner in state.data[key] if (key, inner) in INNER_REMOVED}
     mapping = doc.pairs[key][1]
     left = {k: v for k, v in state.data[key].items() if k not in reasons}
     if not left:
@@ -390,16 +383,8 @@ def drop_inner(state: Rewrite, key: str, reasons: dict[str, str]) -> None:
         state.note(key, f"{key}.{inner} removed", reason)
 
 
+# One rule per `action` of the rename table, named after it.
 RULES: dict[str, Callable[[Rewrite, str, Any], None]] = {
-    "rename": _rename,
-    "flag": _flag,
-    "drop": _drop,
-    "env": _env,
-    "warmup": _warmup,
-    "liger": _liger,
-    "template": _template,
-    "mixture": rewrite_mixture,
-    "mixer": rewrite_mixer,
-    "configs": _configs,
-    "splits": _splits,
+    rule.__name__.lstrip("_"): rule
+    for rule in (_rename, _flag, _drop, _env, _warmup, _liger, _template, _mixture, _mixer, _configs, _splits)
 }
