@@ -94,7 +94,9 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, 
     samples = first_samples(rows, args.n)
     base_model = recorded_base(layout, recipe, args.base)
     run = load_trained(args.output_dir, base=args.base)
-    max_new_tokens = args.max_new_tokens or default_max_new_tokens(run, samples)
+    # Twice the longest reference (at least 32 tokens): room for a right answer, a bound on a rambling one.
+    longest = max((len(run.tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples), default=0)
+    max_new_tokens = args.max_new_tokens or max(32, 2 * longest)
     with tempfile.TemporaryDirectory(prefix="sft-recipes-eval-") as workdir:
         batches = prepared_batches(recipe, rows, run, workdir, label)
         logger.info("Scoring %s", run.describe())
@@ -123,12 +125,6 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> tuple[dict[str, 
     return result, [sample.prompt_turns() for sample in samples]
 
 
-def default_max_new_tokens(run: Any, samples: list[Any]) -> int:
-    """Twice the longest reference (at least 32 tokens): room for a right answer, a bound on a rambling one."""
-    longest = max((len(run.tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples), default=0)
-    return max(32, 2 * longest)
-
-
 def _length(rows: Any) -> int | None:
     return len(rows) if hasattr(rows, "__len__") else None  # None for a stream
 
@@ -146,9 +142,8 @@ def render_text(result: dict[str, Any], handle: Any) -> None:
     figures = Table("", "base", "tuned", title=None, header_style="bold")
     for key, label, _, _, fmt in METRICS:
         winner = better(key, result["base"][key], result["tuned"][key])
-        cells = [shown(result[who][key], fmt) for who in WHO]
-        cells = [f"[bold green]{c}[/]" if who == winner else c for c, who in zip(cells, WHO, strict=True)]
-        figures.add_row(label, *cells)
+        cells = {who: shown(result[who][key], fmt) for who in WHO}
+        figures.add_row(label, *(f"[bold green]{c}[/]" if who == winner else c for who, c in cells.items()))
     console.print(figures)
     if not result["samples"]:
         return

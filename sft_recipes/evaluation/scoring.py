@@ -38,8 +38,7 @@ class Answer:
 
 
 def token_loss(model: Any, batches: Any) -> tuple[float, int]:
-    """(summed negative log-likelihood, token count) over the tokens whose label is not -100, each predicted from
-    the tokens before it: the loss train minimises, without its batch averaging."""
+    """(summed negative log-likelihood, count) of the tokens labelled other than -100: train's loss, unaveraged."""
     import torch
     from torch.nn.functional import cross_entropy
 
@@ -83,8 +82,7 @@ def rouge_scorer() -> Any:
 
 
 def score(run: Any, batches: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> tuple[Figures, list[Any]]:
-    """The figures of `run`'s model over the prepared batches and the samples, and its greedy answers (stopped at the
-    run's EOS ids)."""
+    """`run`'s figures over the prepared batches and the samples, and its greedy answers (stopped at its EOS ids)."""
     total, count = token_loss(run.model, batches)
     if count == 0:
         fix = "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either"
@@ -111,9 +109,8 @@ class BaseModel:
 
 
 def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
-    """The base to compare with: the adapter's (--base already applied to it), else --base, else the run's
-    recipe.yaml model_name_or_path, else --config's; its config.json is read now, so a base that is gone fails
-    before any model is scored."""
+    """The adapter's base (--base already applied to it), else --base, else the model_name_or_path of the run's
+    recipe.yaml, else --config's; its config.json is read now, so a base that is gone fails before any scoring."""
     from transformers import PretrainedConfig
 
     if layout.weights == "adapter":
@@ -137,26 +134,19 @@ def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
 
 @contextlib.contextmanager
 def base_of(run: Any, base: BaseModel) -> Iterator[Any]:
-    """The run's base model, prompted and stopped as the run is (its template, EOS ids and generation config):
-    for an adapter the same model with the adapter disabled (its base loaded as trained), else `base` loaded in
-    the run's dtype once the tuned weights are freed."""
+    """The run's base model, prompted and stopped as the run is: for an adapter, the adapter disabled (its base loaded
+    as trained); else `base` in the run's dtype, loaded once the tuned weights are freed."""
     if run.layout.weights == "adapter":
         with run.model.disable_adapter():
             yield run
         return
-    device, dtype = run.model.device, run.model.dtype
-    run.model = None  # scored already: two full models need not share the memory
-    gc.collect()
-    model = load_base_model(run, base, dtype)
-    yield dataclasses.replace(run, model=model.to(device).eval())
-
-
-def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
-    """The base weights alone (the run's tokenizer goes with them), grown to the run's vocabulary as train grew it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from sft_recipes.model.loading import embedding_rows
 
+    device, dtype = run.model.device, run.model.dtype
+    run.model = None  # scored already: two full models need not share the memory
+    gc.collect()
     auto_class = AutoModelForImageTextToText if run.is_vlm else AutoModelForCausalLM
     recipe = run.layout.recipe
     logger.info("Loading the base model %s", base.name)
@@ -170,6 +160,6 @@ def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
         )
     except (OSError, ValueError) as err:
         raise RecipeError(Problem(base.where, f"cannot be loaded: {str(err).splitlines()[0]}", BASE_FIX)) from None
-    if len(run.tokenizer) > embedding_rows(model):
+    if len(run.tokenizer) > embedding_rows(model):  # grown to the run's vocabulary, as train grew it
         model.resize_token_embeddings(len(run.tokenizer), pad_to_multiple_of=8)
-    return model
+    yield dataclasses.replace(run, model=model.to(device).eval())

@@ -56,12 +56,8 @@ def template_target(old: Path, new: Path | None) -> tuple[Path, str]:
     """Where an inline chat template is written (beside the new recipe), and the path the recipe gives for it:
     chat_template_path is read from the directory you run in, so relative to it when the file lies below."""
     path = (new or old).with_suffix(".jinja")
-    absolute = path.resolve()
-    try:
-        ref = str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        ref = str(absolute)
-    return path, ref
+    absolute, cwd = path.resolve(), Path.cwd().resolve()
+    return path, str(absolute.relative_to(cwd) if absolute.is_relative_to(cwd) else absolute)
 
 
 def report(result: Any, old: Path, new: Path | None) -> None:
