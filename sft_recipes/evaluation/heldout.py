@@ -1,5 +1,4 @@
-"""The held-out rows of an eval: loaded and converted by the data layer, prepared and masked by TRL's own SFTTrainer
-exactly as train prepares them, and the prompts and references generations are compared on."""
+"""The held-out rows of an eval, converted and masked as train does it, and the prompts and references it compares."""
 
 from __future__ import annotations
 
@@ -36,9 +35,7 @@ class Sample:
 
     def prompt_text(self) -> str:
         turns = self.prompt_turns()
-        if len(turns) == 1:
-            return turns[0][1]
-        return "\n".join(f"{role}: {text}" for role, text in turns)
+        return turns[0][1] if len(turns) == 1 else "\n".join(f"{role}: {text}" for role, text in turns)
 
 
 def eval_recipe(layout: Any, config: str | None, overrides: list[str]) -> Any:
@@ -46,22 +43,16 @@ def eval_recipe(layout: Any, config: str | None, overrides: list[str]) -> Any:
     from sft_recipes.config import parse_recipe
 
     if config is None and layout.recipe_path is None:
-        raise RecipeError(
-            Problem(
-                str(layout.path),
-                "holds no recipe.yaml, so how train converted and masked its rows is unknown",
-                "pass --config with the recipe this model was trained with",
-            )
-        )
+        what = "holds no recipe.yaml, so how train converted and masked its rows is unknown"
+        raise RecipeError(Problem(str(layout.path), what, "pass --config with the recipe this model was trained with"))
     before = dict(os.environ)
     recipe = parse_recipe(["--config", config or str(layout.recipe_path), *overrides])
-    for key, value in list(os.environ.items()):
-        # recipe.yaml keeps secrets as "<redacted>": exported, they would replace a working HF_TOKEN.
-        if value == REDACTED:
-            if key in before:
-                os.environ[key] = before[key]
-            else:
-                del os.environ[key]
+    # recipe.yaml keeps secrets as "<redacted>": exported, they would replace a working HF_TOKEN.
+    for key in [key for key, value in os.environ.items() if value == REDACTED]:
+        if key in before:
+            os.environ[key] = before[key]
+        else:
+            del os.environ[key]
     # The run's saved tokenizer already holds the chat template (and the tokens) chat_template_path gave it.
     recipe.training.chat_template_path = None
     return recipe
@@ -86,9 +77,8 @@ def load_rows(recipe: Any, data: str | None, trained: dict[str, Any] | None = No
         except RecipeError as err:
             if [p.where for p in err.problems] != ["eval_strategy"]:
                 raise
-            raise RecipeError(
-                Problem(f"{recipe.path}", "the recipe holds no rows out: its data has no test split", NO_HELD_OUT_FIX)
-            ) from None
+            what = "the recipe holds no rows out: its data has no test split"
+            raise RecipeError(Problem(f"{recipe.path}", what, NO_HELD_OUT_FIX)) from None
         label = f"the eval split of {recipe.path}"
         if recipe.mixture.test_split_size is not None and not held_out_by_training(trained or {}, recipe):
             logger.warning(
@@ -97,13 +87,8 @@ def load_rows(recipe: Any, data: str | None, trained: dict[str, Any] | None = No
             )
     columns = columns_of(rows)
     if "messages" not in columns and "prompt" not in columns:
-        raise RecipeError(
-            Problem(
-                label,
-                f"its rows are plain text (columns: {', '.join(columns)}): no assistant turns to generate and compare",
-                "evaluate on conversations (messages) or prompt/completion rows",
-            )
-        )
+        what = f"its rows are plain text (columns: {', '.join(columns)}): no assistant turns to generate and compare"
+        raise RecipeError(Problem(label, what, "evaluate on conversations (messages) or prompt/completion rows"))
     return rows, label
 
 
@@ -137,16 +122,13 @@ def sample_of(row: dict[str, Any]) -> Sample:
 
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text parts of a list of parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
+    if isinstance(content, str) or content is None:
+        return content or ""
     return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
 
 
 def _with_images(message: dict[str, Any], images: list[Any]) -> dict[str, Any]:
-    """The message with its image placeholders filled from the row's images, in order (the processor reads them
-    from the parts)."""
+    """The message with its image placeholders filled, in order, from the row's images (the processor reads parts)."""
     message = {k: v for k, v in message.items() if v is not None}  # datasets fills absent keys with None
     content = message.get("content")
     if isinstance(content, str) or content is None:
@@ -161,9 +143,8 @@ def _with_images(message: dict[str, Any], images: list[Any]) -> dict[str, Any]:
 
 
 def prepared_batches(recipe: Any, rows: Any, run: Any, workdir: str, source: str = "data") -> Any:
-    """The rows tokenized, truncated, packed and masked by TRL's SFTTrainer (around a meta-device copy of the
-    architecture, with the run's own tokenizer or processor) under the recipe's settings, batched in order by its
-    collator: the labels are exactly the ones train computes its loss on. `source` names the rows in errors."""
+    """The rows prepared by TRL's SFTTrainer (on a meta-device model, with the run's tokenizer or processor) under the
+    recipe's settings, batched in order by its collator: the labels train computes its loss on. `source` names them."""
     from torch.utils.data import DataLoader
 
     from sft_recipes.inspection.meta_trainer import build_meta_model, inspection_args, meta_trainer, outside_launch

@@ -1,5 +1,4 @@
-"""How well one model does on the held-out rows: loss and perplexity over the trained tokens, and greedy answers
-scored against the references with exact match and ROUGE-L (Google's `rouge-score`)."""
+"""One model on the held-out rows: loss and perplexity over the trained tokens, exact match and ROUGE-L of answers."""
 
 from __future__ import annotations
 
@@ -39,9 +38,9 @@ class Answer:
 
 
 def token_loss(model: Any, batches: Any) -> tuple[float, int]:
-    """(summed negative log-likelihood, token count) over the tokens whose label is not -100, each predicted from
-    the tokens before it: the loss train minimises, without its batch averaging."""
+    """(summed negative log-likelihood, count) of the tokens labelled other than -100: train's loss, unaveraged."""
     import torch
+    from torch.nn.functional import cross_entropy
 
     total, count = 0.0, 0
     with torch.no_grad():
@@ -54,21 +53,15 @@ def token_loss(model: Any, batches: Any) -> tuple[float, int]:
             logits = model(**inputs, use_cache=False).logits
             for row_logits, row_labels in zip(logits, labels, strict=True):  # one row at a time in fp32
                 targets = row_labels[1:]
-                nll = torch.nn.functional.cross_entropy(
-                    row_logits[:-1].float(), targets, ignore_index=-100, reduction="sum"
-                )
+                nll = cross_entropy(row_logits[:-1].float(), targets, ignore_index=-100, reduction="sum")
                 total += float(nll)
                 count += int((targets != -100).sum())
     return total, count
 
 
-def normalized(text: str) -> str:
-    return " ".join(text.split())
-
-
 def exact_match(reference: str, answer: str) -> bool:
     """The same text, whitespace aside."""
-    return normalized(reference) == normalized(answer)
+    return reference.split() == answer.split()
 
 
 class _Words:
@@ -88,28 +81,17 @@ def rouge_scorer() -> Any:
     return scorers.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
-def answers(run: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> list[Answer]:
-    """Each sample's greedy answer, stopped at the run's EOS ids, and its scores."""
-    out = []
-    for sample in samples:
-        text = run.reply(sample.prompt, max_new_tokens, do_sample=False, num_beams=1)
-        rouge = scorer.score(sample.reference, text)["rougeL"].fmeasure
-        out.append(Answer(text, exact_match(sample.reference, text), float(rouge)))
-    return out
-
-
 def score(run: Any, batches: Any, samples: list[Any], max_new_tokens: int, scorer: Any) -> tuple[Figures, list[Any]]:
-    """The figures of `run`'s model over the prepared batches and the samples, and its answers."""
+    """`run`'s figures over the prepared batches and the samples, and its greedy answers (stopped at its EOS ids)."""
     total, count = token_loss(run.model, batches)
     if count == 0:
-        raise RecipeError(
-            Problem(
-                "data",
-                "no token of the held-out rows is trained (every label is masked)",
-                "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either",
-            )
-        )
-    replies = answers(run, samples, max_new_tokens, scorer)
+        fix = "check assistant_only_loss / completion_only_loss and max_length: train would learn nothing either"
+        raise RecipeError(Problem("data", "no token of the held-out rows is trained (every label is masked)", fix))
+    replies = []
+    for sample in samples:
+        text = run.reply(sample.prompt, max_new_tokens, do_sample=False, num_beams=1)
+        f1 = scorer.score(sample.reference, text)["rougeL"].fmeasure
+        replies.append(Answer(text, exact_match(sample.reference, text), float(f1)))
     loss = total / count
     share = sum(a.exact_match for a in replies) / len(replies) if replies else None
     rouge = sum(a.rouge_l for a in replies) / len(replies) if replies else None
@@ -127,9 +109,8 @@ class BaseModel:
 
 
 def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
-    """The base to compare with: the adapter's (--base already applied to it), else --base, else the run's
-    recipe.yaml model_name_or_path, else --config's; its config.json is read now, so a base that is gone fails
-    before any model is scored."""
+    """The adapter's base (--base already applied to it), else --base, else the model_name_or_path of the run's
+    recipe.yaml, else --config's; its config.json is read now, so a base that is gone fails before any scoring."""
     from transformers import PretrainedConfig
 
     if layout.weights == "adapter":
@@ -138,8 +119,7 @@ def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
         base = BaseModel(override, f"--base {override}")
     elif layout.recipe.get("model_name_or_path"):
         name = str(layout.recipe["model_name_or_path"])
-        where = f"{layout.recipe_path}: model_name_or_path {name}"
-        base = BaseModel(name, where, layout.recipe.get("model_revision"))
+        base = BaseModel(name, f"{layout.recipe_path}: model_name_or_path {name}", layout.recipe.get("model_revision"))
     elif recipe.path and recipe.model.model_name_or_path:
         name = recipe.model.model_name_or_path
         base = BaseModel(name, f"{recipe.path}: model_name_or_path {name}", recipe.model.model_revision)
@@ -154,26 +134,19 @@ def recorded_base(layout: Any, recipe: Any, override: str | None) -> BaseModel:
 
 @contextlib.contextmanager
 def base_of(run: Any, base: BaseModel) -> Iterator[Any]:
-    """The run's base model, prompted and stopped as the run is (its template, EOS ids and generation config):
-    for an adapter the same model with the adapter disabled (its base loaded as trained), else `base` loaded in
-    the run's dtype once the tuned weights are freed."""
+    """The run's base model, prompted and stopped as the run is: for an adapter, the adapter disabled (its base loaded
+    as trained); else `base` in the run's dtype, loaded once the tuned weights are freed."""
     if run.layout.weights == "adapter":
         with run.model.disable_adapter():
             yield run
         return
-    device, dtype = run.model.device, run.model.dtype
-    run.model = None  # scored already: two full models need not share the memory
-    gc.collect()
-    model = load_base_model(run, base, dtype)
-    yield dataclasses.replace(run, model=model.to(device).eval())
-
-
-def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
-    """The base weights alone (the run's tokenizer goes with them), grown to the run's vocabulary as train grew it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from sft_recipes.model.loading import embedding_rows
 
+    device, dtype = run.model.device, run.model.dtype
+    run.model = None  # scored already: two full models need not share the memory
+    gc.collect()
     auto_class = AutoModelForImageTextToText if run.is_vlm else AutoModelForCausalLM
     recipe = run.layout.recipe
     logger.info("Loading the base model %s", base.name)
@@ -187,6 +160,6 @@ def load_base_model(run: Any, base: BaseModel, dtype: Any) -> Any:
         )
     except (OSError, ValueError) as err:
         raise RecipeError(Problem(base.where, f"cannot be loaded: {str(err).splitlines()[0]}", BASE_FIX)) from None
-    if len(run.tokenizer) > embedding_rows(model):
+    if len(run.tokenizer) > embedding_rows(model):  # grown to the run's vocabulary, as train grew it
         model.resize_token_embeddings(len(run.tokenizer), pad_to_multiple_of=8)
-    return model
+    yield dataclasses.replace(run, model=model.to(device).eval())

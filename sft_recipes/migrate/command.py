@@ -36,12 +36,10 @@ def main(argv: list[str]) -> int:
     new = Path(args.output) if args.output else None
     if new is not None and new.resolve() == old.resolve():
         raise RecipeError(Problem(args.output, "NEW.yaml is OLD.yaml", "migrate never modifies OLD.yaml: use -o NEW"))
-    targets = [new] if new is not None else []
-    template = template_target(old, new)
     from sft_recipes.migrate.rules import migrate_text
 
-    result = migrate_text(old.read_text(), template, known_keys())
-    for path in [*targets, *result.files]:
+    result = migrate_text(old.read_text(), template_target(old, new), known_keys())
+    for path in [*([new] if new else []), *result.files]:
         if path.exists() and not args.force and not (path in result.files and path.read_text() == result.files[path]):
             raise RecipeError(Problem(str(path), "exists", "pass --force to overwrite it, or choose another -o"))
     for path, content in result.files.items():
@@ -57,27 +55,19 @@ def main(argv: list[str]) -> int:
 def template_target(old: Path, new: Path | None) -> tuple[Path, str]:
     """Where an inline chat template is written (beside the new recipe), and the path the recipe gives for it:
     chat_template_path is read from the directory you run in, so relative to it when the file lies below."""
-    path = (new if new is not None else old).with_suffix(".jinja")
-    absolute = path.resolve()
-    try:
-        ref = str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        ref = str(absolute)
-    return path, ref
+    path = (new or old).with_suffix(".jinja")
+    absolute, cwd = path.resolve(), Path.cwd().resolve()
+    return path, str(absolute.relative_to(cwd) if absolute.is_relative_to(cwd) else absolute)
 
 
 def report(result: Any, old: Path, new: Path | None) -> None:
-    err = sys.stderr
-    print(f"sft-recipes migrate: {old} -> {new or 'stdout'}: {len(result.changes)} change(s)", file=err)
-    for change in sorted(result.changes, key=lambda c: c.line):
-        print(f"  {change}", file=err)
-    for path in result.files:
-        print(f"  wrote {path}", file=err)
+    lines = [f"sft-recipes migrate: {old} -> {new or 'stdout'}: {len(result.changes)} change(s)"]
+    lines += [f"  {change}" for change in sorted(result.changes, key=lambda c: c.line)]
+    lines += [f"  wrote {path}" for path in result.files]
     reviews = sum(c.review for c in result.changes)
-    if reviews:
-        print(f"  {reviews} change(s) marked ! are approximations: check them", file=err)
-    for key in result.unknown:
-        print(f"  left as is: `{key}` is neither a recipe key nor in the rename table", file=err)
+    lines += [f"  {reviews} change(s) marked ! are approximations: check them"] if reviews else []
+    lines += [f"  left as is: `{key}` is neither a recipe key nor in the rename table" for key in result.unknown]
+    print("\n".join(lines), file=sys.stderr)
 
 
 def known_keys() -> dict[str, Any]:

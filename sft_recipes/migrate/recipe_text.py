@@ -1,8 +1,4 @@
-"""A recipe's YAML text, edited in place: every line that no edit touches (comments, order, spacing) stays as it was.
-
-PyYAML's composer gives each node's line and column; edits are made on the text at those marks, never by dumping the
-whole document again (which would drop the comments).
-"""
+"""A recipe's YAML text, edited in place: every line no edit touches (comments, order, spacing) stays as it was."""
 
 from __future__ import annotations
 
@@ -26,13 +22,13 @@ def end_of(node: Node) -> tuple[int, int]:
 
 def flow(value: Any) -> str:
     """A value as one line of YAML (quoted where YAML would misread it)."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
-    return text[1:-1]
+    return yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()[1:-1]
 
 
 @dataclass
 class RecipeText:
-    """The lines of a recipe, its top-level pairs, and the edits made so far (applied by `render`)."""
+    """The lines of a recipe, its top-level pairs, and the edits made so far: `render` applies them to the text at
+    the nodes' marks, since dumping the document again would drop its comments."""
 
     text: str
     lines: list[str] = field(init=False)
@@ -41,7 +37,6 @@ class RecipeText:
     deleted: set[int] = field(default_factory=set)
     replaced: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # first line -> (last line, new lines)
     dedent: dict[int, int] = field(default_factory=dict)  # line -> spaces to take off its start
-    appended: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lines = self.text.splitlines()
@@ -62,14 +57,8 @@ class RecipeText:
     def comment(self, node: Node) -> str:
         """The `# comment` after a one-line node, or ''."""
         line, column = end_of(node)
-        if line >= len(self.lines):
-            return ""
-        rest = self.lines[line][column:].strip()
+        rest = self.lines[line][column:].strip() if line < len(self.lines) else ""
         return rest if rest.startswith("#") else ""
-
-    def line_of(self, key: str) -> int:
-        """A top-level key's line, 1-based, for messages."""
-        return self.pairs[key][0].start_mark.line + 1
 
     def replace_node(self, node: Node, text: str) -> None:
         """Replace a one-line node's text (a key or a scalar value)."""
@@ -109,12 +98,10 @@ class RecipeText:
                 continue
             if number in self.deleted:
                 continue
-            for (_, start, end), text in sorted(
-                ((k, t) for k, t in self.edits.items() if k[0] == number), key=lambda item: -item[0][1]
-            ):
+            edits = [(start, end, text) for (at, start, end), text in self.edits.items() if at == number]
+            for start, end, text in sorted(edits, key=lambda edit: -edit[0]):
                 line = line[:start] + text + line[end:]
             out.append(_dedent(line, self.dedent.get(number, 0)))
-        out += self.appended
         return "\n".join(out) + "\n"
 
 
@@ -147,4 +134,5 @@ class Rewrite:
     env: list[tuple[str, str, Any]] = field(default_factory=list)  # (old key, variable, value)
 
     def note(self, key: str, what: str, reason: str, review: bool = False, line: int | None = None) -> None:
-        self.changes.append(Change(line if line is not None else self.doc.line_of(key), what, reason, review))
+        line = self.doc.pairs[key][0].start_mark.line + 1 if line is None else line
+        self.changes.append(Change(line, what, reason, review))
