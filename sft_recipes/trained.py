@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 
-from sft_recipes.config import load_yaml
 from sft_recipes.environment import has_package
 from sft_recipes.errors import RecipeError, error
 from sft_recipes.model.kind import IMAGE_TEXT_TO_TEXT, detect_model_kind, resolve_dtype, text_config
@@ -338,7 +337,7 @@ def load_trained_model(adapter: Path, base: str | None, dtype: str | None, recip
 def run_recipe(path: Path) -> Any:
     """A run's recipe.yaml parsed as train parsed it (None when there is none). Its `env:` block is left out: train
     wrote secrets there as <redacted>, which must not replace the real ones in this process."""
-    from sft_recipes.config import parse_recipe
+    from sft_recipes.config import load_yaml, parse_recipe
 
     if not path.is_file():
         return None
