@@ -112,8 +112,8 @@ def child(recipe_path: str) -> None:
     import numpy as np
 
     from sft_recipes.config import parse_recipe
-    from sft_recipes.inspection.diagnosis import documents_of
     from sft_recipes.inspection.meta_trainer import build_trainer
+    from sft_recipes.inspection.statistics import documents_of
 
     recipe = parse_recipe(["--config", recipe_path])
     started = time.perf_counter()

@@ -69,8 +69,9 @@ def first_rows_of(train: Any) -> Any:
 
 def check_sample(v: Validation, rows: Any) -> None:
     """Prepare `rows` with the real SFTTrainer (inspection's engine) and report its diagnosis."""
-    from sft_recipes.inspection.diagnosis import diagnose, loss_scope, text_statistics
+    from sft_recipes.inspection.diagnosis import diagnose, loss_scope
     from sft_recipes.inspection.meta_trainer import build_context, inspection_args, meta_trainer, outside_launch
+    from sft_recipes.inspection.statistics import text_statistics
 
     r = v.recipe
     with tempfile.TemporaryDirectory(prefix="sft-recipes-validate-") as output_dir, outside_launch():
