@@ -1,4 +1,5 @@
-"""Migration of a recipe's keys to today's: one rule per `action` of the rename table (sft_recipes.renames)."""
+"""Migration of a recipe's keys to today's: one rule per `action` of the rename table (sft_recipes.renames), and
+alignment-handbook's `dataset_mixture` rewritten as TRL's `datasets:` mixture."""
 
 from __future__ import annotations
 
