@@ -367,7 +367,7 @@ def _load_without_recipe(adapter: Path, base: str | None, dtype: str | None) -> 
     if not base:
         raise error("--base", "the adapter does not name its base model", "pass --base MODEL")
     logger.warning(
-        "%s has no recipe.yaml: merging into %s as stored; a 4/8-bit trained adapter will drift", adapter, base
+        "%s has no recipe.yaml: base %s loaded as stored (an adapter trained on a 4/8-bit base drifts)", adapter, base
     )
     config, _ = PretrainedConfig.get_config_dict(base)
     vlm = detect_model_kind(config) == IMAGE_TEXT_TO_TEXT
