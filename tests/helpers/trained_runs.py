@@ -83,48 +83,24 @@ def demo_checkpoint_dir(demo_run_dir: Path) -> Path:
     return demo_run_dir / f"checkpoint-{DEMO_CHECKPOINT}"
 
 
+def _demo_lora(root: Path, base: Path, data: Path, **keys) -> Path:
+    """A LoRA run (r 8, alpha 16) on the demo's model and data, assistant tokens only."""
+    common = dict(assistant_only_loss=True, use_peft=True, lora_r=8, lora_alpha=16, learning_rate=1.0e-2)
+    return train(root, model_name_or_path=str(base), dataset_name=str(data), **common, **keys)
+
+
 @pytest.fixture(scope="session")
 def lora_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, demo_data_file: Path) -> Path:
-    def build(root: Path) -> Path:
-        return train(
-            root,
-            model_name_or_path=str(demo_base_dir),
-            dataset_name=str(demo_data_file),
-            assistant_only_loss=True,
-            use_peft=True,
-            lora_r=8,
-            lora_alpha=16,
-            max_steps=20,
-            per_device_train_batch_size=16,
-            learning_rate=1.0e-2,
-        )
-
-    return build(tmp_path_factory.mktemp("lora-run"))
+    root = tmp_path_factory.mktemp("lora-run")
+    return _demo_lora(root, demo_base_dir, demo_data_file, max_steps=20, per_device_train_batch_size=16)
 
 
 @pytest.fixture(scope="session")
 def qlora_run_dir(tmp_path_factory: pytest.TempPathFactory, demo_base_dir: Path, demo_data_file: Path) -> Path:
     """QLoRA with double quantization, checkpoints at steps 2 and 4."""
     pytest.importorskip("bitsandbytes")
-
-    def build(root: Path) -> Path:
-        return train(
-            root,
-            model_name_or_path=str(demo_base_dir),
-            dataset_name=str(demo_data_file),
-            assistant_only_loss=True,
-            use_peft=True,
-            lora_r=8,
-            lora_alpha=16,
-            load_in_4bit=True,
-            use_bnb_nested_quant=True,
-            max_steps=4,
-            learning_rate=1.0e-2,
-            save_strategy="steps",
-            save_steps=2,
-        )
-
-    return build(tmp_path_factory.mktemp("qlora-run"))
+    quantized = dict(load_in_4bit=True, use_bnb_nested_quant=True, save_strategy="steps", save_steps=2)
+    return _demo_lora(tmp_path_factory.mktemp("qlora-run"), demo_base_dir, demo_data_file, max_steps=4, **quantized)
 
 
 @pytest.fixture(scope="session")
